@@ -1,0 +1,1 @@
+"""Where a trainer runs: a local process group, a Docker container, or a Ray job."""
