@@ -210,10 +210,14 @@ def ladder(knobs: Sequence[Knob]) -> list[str]:
             + (f" [phases: {', '.join(k.phases)}]" if k.phases else "") for i, k in enumerate(knobs)]
 
 
+_GENERATION_KINDS = ("vllm_oom", "gpu_busy")     # vLLM's memory, whatever stage line came last
+
+
 def _change_something(f: Failure, plan: Plan, ctx: PlanContext, why: str) -> Decision:
+    phase = "generation" if f.kind in _GENERATION_KINDS else f.phase
     for knob in ctx.knobs:
         fn = REMEDIES.get(knob.kind)
-        if fn is None or not _applies(knob, f.phase):
+        if fn is None or not _applies(knob, phase):
             continue
         proposal = fn(knob, f, ctx)
         if proposal is None:
