@@ -55,6 +55,7 @@ class RunData:
     logged_saves: tuple[int, ...]       # steps named by "Saving checkpoint for step N" in output.log
     settings: RunSettings
     bad_lines: int = 0                  # journal lines that were not JSON (torn writes excluded)
+    evals: tuple[dict, ...] = ()        # post-run evaluations: journal "eval" records, else ops/eval.json
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], int]:
@@ -224,4 +225,13 @@ def load_run(root: Path) -> RunData:
         logged_saves=tuple(read_logged_saves(paths.output_log)),
         settings=read_settings(checkpoints, records),
         bad_lines=bad,
+        evals=tuple(read_evals(paths, records)),
     )
+
+
+def read_evals(paths: RunPaths, records: list[dict]) -> list[dict]:
+    from_journal = [r for r in records if r.get("kind") == "eval"]
+    if from_journal:
+        return from_journal
+    doc = read_json(paths.ops_dir / "eval.json") or {}
+    return [r for r in doc.get("results", []) if isinstance(r, dict)]

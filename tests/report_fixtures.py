@@ -128,3 +128,44 @@ def _checkpoint(path: Path, step: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "training_info.json").write_text(json.dumps({"current_step": step, "val:accuracy": accuracy_at(step)}))
     (path / "config.yaml").write_text(CONFIG_YAML)
+
+
+SECRET = "hf_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123"
+
+
+def oom_give_up(root: Path, run_id: str = "20251124/embedded/grpo_oom_001") -> Path:
+    """Two CUDA OOMs at step 3 (micro batch 4, then 2), then give up: FAILED_OOM. An evidence line
+    carries a token-shaped secret that must never reach the report."""
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / "plan.yaml"
+    cfg.write_text(CONFIG_YAML)
+    plans = [{"config_path": str(cfg), "overrides": [f"++policy.train_micro_batch_size={mb}"]} for mb in (4, 2)]
+    j = JournalWriter(run_id)
+    j.add("run_start", 0, 0, trainer="embedded", plan=plans[0], argv=["ops", "run"], budget="2 attempts",
+          total_steps=12, supervisor_pid=1, host="h")
+    mono = 1.0
+    for n, plan in enumerate(plans, start=1):
+        j.add("attempt_start", mono, n, plan=plan, argv=["python"], env={}, handle={"pid": 10 + n},
+              resume_from_step=None)
+        for step in (1, 2):
+            j.add("progress", mono + 1 + step, n, step=step, total_steps=12, reward=0.1 * step, accuracy=None,
+                  step_time_s=1.0, rss_mib=1000.0 * n, gpu_mib=70000.0)
+        j.add("attempt_end", mono + 5, n,
+              exit={"code": 1, "signal": None, "oom_killed": False, "detail": "exited 1"},
+              failure={"kind": "cuda_oom", "summary": "CUDA out of memory: tried 2.00 GiB, 0.50 GiB free",
+                       "deterministic": False, "phase": "training",
+                       "numbers": {"tried_gib": 2.0, "free_gib": 0.5, "total_gib": 79.2},
+                       "evidence_lines": [f"torch.OutOfMemoryError: CUDA out of memory. HF_TOKEN={SECRET}"]},
+              last_step=2, duration_s=5, startup_s=1, stack_dumps=[], peak_rss_mib=1000.0 * n,
+              peak_gpu_mib=79000.0)
+        if n == 1:
+            j.add("decision", mono + 5, n, action="relaunch", reason="CUDA OOM in training", remedy="micro_batch",
+                  new_plan=plans[1], plan_diff={"policy.train_micro_batch_size": [4, 2]}, experiment_changed=False)
+        else:
+            j.add("decision", mono + 5, n, action="give_up", reason="OOM budget exhausted (2 attempts)",
+                  remedy=None, new_plan=None, plan_diff={}, experiment_changed=False)
+        mono += 6
+    j.add("run_end", mono, 2, state="FAILED_OOM", reason="OOM budget exhausted (2 attempts)", steps_done=2,
+          total_steps=12, wall_s=mono)
+    j.write(root / "ops" / "journal.jsonl")
+    return root
