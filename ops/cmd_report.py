@@ -16,31 +16,17 @@ from pathlib import Path
 
 import click
 
-from ops.errors import UserError
 from ops.report import Report, build_report, render_markdown
 from ops.rundata import load_run
-
-
-def find_runs(results: Path) -> list[Path]:
-    """Run directories under `results` (any depth: exp names may contain '/'), newest journal first."""
-    journals = [p for p in results.glob("**/ops/journal.jsonl") if p.is_file()]
-    journals.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return [p.parent.parent for p in journals]
+from ops.runs import resolve_exp
 
 
 def resolve_run(exp: str | None, results: Path) -> Path:
-    if exp is None:
-        runs = find_runs(results)
-        if not runs:
-            raise UserError(f"no runs under {results}/ (no ops/journal.jsonl found): "
-                            f"pass a run directory, or --results DIR where runs live")
-        return runs[0]
-    for candidate in (Path(exp), results / exp):
-        if (candidate / "ops" / "journal.jsonl").is_file():
-            return candidate
-    known = ", ".join(str(p.relative_to(results)) for p in find_runs(results)[:5]) or "none"
-    raise UserError(f"no run at '{exp}' (no ops/journal.jsonl in {exp} or {results / exp}): "
-                    f"pass a run directory or a name under {results}/ (recent: {known})")
+    """A run directory given as a path, else a name under `results` (ops.runs rules), else the latest run."""
+    if exp is not None and (Path(exp) / "ops" / "journal.jsonl").is_file():
+        return Path(exp)
+    _, paths = resolve_exp(exp, results)
+    return paths.root
 
 
 def write_report(root: Path, now: float | None = None) -> tuple[Report, Path, Path]:
