@@ -1,0 +1,371 @@
+"""The supervisor: the one loop that launches the trainer, watches it, classifies, decides and records.
+
+observe (log lines, exit, memory, GPU, clocks) -> classify (pure, ops.classify) -> decide (pure,
+ops.remedies.next_plan) -> act (clean up, relaunch) -> record (ops/journal.jsonl, state.json, heartbeat).
+Each state has one handler; `run()` just dispatches until a terminal state. Does I/O through the backend,
+the journal and the clock passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ops.backends.base import Backend
+from ops.budget import Budget, BudgetState
+from ops.classify import Evidence, Failure, classify
+from ops.errors import UserError
+from ops.journal import Journal, Listener
+from ops.records import (AttemptResult, RunOutcome, attempt_env, checkpoint_step, state_snapshot,
+                         write_heartbeat, write_state)
+from ops.remedies import GiveUp, PastAttempt, PlanContext, next_plan
+from ops.runs import ResumeInfo
+from ops.stacks import dump_stacks
+from ops.state import State, check_transition
+from ops.watch import ATTEMPT_MARK, AttemptWatch, EvidenceBuffer, HangClock, LogTailer, parse_line
+from training.spec import Launch, Plan, RunPaths, TrainerSpec
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class SupervisorOptions:
+    poll_s: float = 0.2               # log / exit poll
+    sample_s: float = 1.0             # memory, GPU, heartbeat, state.json
+    grace_s: float = 10.0             # SIGTERM -> SIGKILL
+    hang_factor: float = 3.0
+    hang_floor_s: float = 300.0
+    startup_timeout_s: float = 1800.0
+    fatal_exit_grace_s: float = 60.0  # a fatal line was printed but the trainer lingers: stop it after this
+    gpus: int | None = None
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stack_dumps: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("poll_s", "sample_s", "hang_factor", "hang_floor_s", "startup_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("poll_s", "grace_s", "hang_factor", "hang_floor_s",
+                                              "startup_timeout_s", "gpus")}
+
+
+class Supervisor:
+    def __init__(self, spec: TrainerSpec, backend: Backend, paths: RunPaths, plan: Plan, budget: Budget, *,
+                 run_id: str, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, wall: Callable[[], float] = time.time,
+                 listeners: Iterable[Listener] = (), gpu_reader: Any = None,
+                 options: SupervisorOptions = SupervisorOptions(),
+                 preflight: Callable[[], tuple[bool, list[str]]] | None = None,
+                 resume: ResumeInfo | None = None, argv: Iterable[str] = (), extra_start: Mapping = ()):
+        self.spec, self.backend, self.paths, self.plan, self.budget = spec, backend, paths, plan, budget
+        self.run_id, self.clock, self.sleep, self.wall = run_id, clock, sleep, wall
+        self.gpu_reader, self.opts, self.preflight, self.resume = gpu_reader, options, preflight, resume
+        self.argv, self.extra_start = list(argv), dict(extra_start)
+        paths.ops_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(paths.journal, run_id, listeners, clock, wall)
+        self.state = State.PREFLIGHT
+        self.attempt = resume.attempts if resume else 0
+        self.history: list[PastAttempt] = list(resume.history) if resume else []
+        self.failures: dict[str, int] = {}
+        self.last: AttemptResult | None = None
+        self.watch = AttemptWatch()
+        self.started_wall, self.started_mono = wall(), clock()
+        self.end_reason = ""
+        self._cancel: int | None = None
+        self._handle = None
+        self._tail: LogTailer | None = None
+        self._attempt_t0, self._resume_step = 0.0, None
+        self._gpu_ok = gpu_reader is not None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> RunOutcome:
+        restore = self._install_signal_handlers()
+        try:
+            self._begin()
+            handlers = {State.PREFLIGHT: self._preflight, State.LAUNCHING: self._launch,
+                        State.RUNNING: self._supervise, State.RECOVERING: self._recover}
+            while not self.state.is_terminal:
+                if self._cancel is not None and self.state is not State.RUNNING:
+                    self._to(State.CANCELLED, f"supervisor got signal {signal.Signals(self._cancel).name}")
+                    break
+                handlers[self.state]()
+            return self._finish()
+        finally:
+            restore()
+            self.journal.close()
+
+    def _begin(self) -> None:
+        common = dict(trainer=self.spec.name, budget=self.budget.describe(), supervisor_pid=os.getpid(),
+                      options=self.opts.to_json(), **self.extra_start)
+        if self.resume is None:
+            self.journal.append("run_start", 0, plan=self.plan.to_json(), argv=self.argv,
+                                total_steps=None, host=os.uname().nodename, **common)
+            self._record_transition(None, State.PREFLIGHT, "run started")
+            return
+        # A new supervisor takes over a run whose supervisor died: the old trainer tree is stopped by the
+        # cleanup before the next launch, and the trainer resumes from its last checkpoint.
+        self.state = State[self.resume.state] if self.resume.state else State.PREFLIGHT
+        self.journal.append("warning", self.attempt, message="supervisor resumed from the journal",
+                            previous_state=self.state.value, **common)
+        if self.state in (State.RUNNING, State.LAUNCHING):
+            self._to(State.RECOVERING, "previous supervisor gone; its trainer tree will be stopped")
+        if self.state is State.RECOVERING:
+            self._to(State.LAUNCHING, "resume: relaunching the current plan from the last checkpoint")
+
+    # ------------------------------------------------------------------ state handlers
+    def _preflight(self) -> None:
+        if self.preflight is not None:
+            ok, lines = self.preflight()
+            self.journal.append("eval" if ok else "warning", 0, what="preflight", ok=ok, lines=lines)
+            if not ok:
+                self._to(State.FAILED_PREFLIGHT, "preflight FAIL: " + "; ".join(lines)[:500])
+                return
+        try:
+            self.spec.resolve(self.plan)
+        except UserError as err:
+            self._to(State.FAILED_CONFIG, f"config does not resolve: {err}")
+            return
+        self._to(State.LAUNCHING, "preflight passed" if self.preflight else "preflight skipped")
+
+    def _launch(self) -> None:
+        reason = self.budget.exhausted(BudgetState(self.attempt, self.wall()))
+        if reason:
+            self._to(State.FAILED_BUDGET, f"retry budget exhausted: {reason}")
+            return
+        self._cleanup("before launch")
+        self.attempt += 1
+        launch = self._make_launch()
+        resume_step = checkpoint_step(self.paths.checkpoint_dir)
+        with open(self.paths.output_log, "a") as fh:
+            fh.write(f"{ATTEMPT_MARK}{self.attempt} {self.journal_ts()} ###\n")
+        self._tail = LogTailer(self.paths.output_log, self.paths.output_log.stat().st_size)
+        t0 = self.clock()
+        try:
+            self._handle = self.backend.spawn(launch, self.paths.output_log)
+        except UserError as err:
+            self._to(State.FAILED_CONFIG, f"cannot start the trainer: {err}")
+            return
+        self.watch = AttemptWatch(clock=HangClock(self.opts.hang_factor, self.opts.hang_floor_s,
+                                                  self.opts.startup_timeout_s, started_at=t0))
+        self._attempt_t0, self._resume_step = t0, resume_step
+        self.journal.append("attempt_start", self.attempt, plan=self.plan.to_json(), argv=list(launch.argv),
+                            env=attempt_env(launch.env, self.opts.base_env), handle=self._handle.describe(),
+                            resume_from_step=resume_step, spawn_s=round(self.clock() - t0, 4))
+        log.info("trainer started", run_id=self.run_id, attempt=self.attempt, **self._handle.describe())
+        self._to(State.RUNNING, f"attempt {self.attempt} started")
+
+    def _supervise(self) -> None:
+        result = self._watch_attempt()
+        self.last = result
+        self.journal.append("attempt_end", self.attempt, **result.to_json(), plan=self.plan.to_json())
+        if result.cancelled:
+            self._to(State.CANCELLED, f"supervisor got signal {signal.Signals(self._cancel).name}")
+        elif result.failure is None:
+            self.journal.append("decision", self.attempt, action="done", reason="trainer exited 0",
+                                remedy=None, new_plan=None, plan_diff={}, experiment_changed=False)
+            self._to(State.SUCCEEDED, f"trainer finished (exit 0) at step {result.last_step}")
+        else:
+            f = result.failure
+            self.failures[f.kind] = self.failures.get(f.kind, 0) + 1
+            self.history.append(PastAttempt(self.plan, f.kind, result.last_step))
+            self._to(State.RECOVERING, f"{f.kind}: {f.summary}")
+
+    def _recover(self) -> None:
+        f = self.last.failure if self.last and self.last.failure else Failure("crash", "supervisor lost", False)
+        try:
+            ctx = PlanContext(tuple(self.spec.knobs), self.spec.resolve(self.plan),
+                              lambda cfg: self.spec.constraint_violations(cfg, self.opts.gpus),
+                              self.watch.progress.memory_model)
+            decision = next_plan(f, self.plan, self.history, ctx)
+        except UserError as err:
+            decision = GiveUp(f"cannot plan a relaunch: {err}", State.FAILED_CONFIG)
+        if isinstance(decision, GiveUp):
+            self.journal.append("decision", self.attempt, action="give_up", reason=decision.reason, remedy=None,
+                                new_plan=None, plan_diff={}, experiment_changed=False)
+            log.warning("giving up", run_id=self.run_id, reason=decision.reason)
+            self._to(decision.state, decision.reason)
+            return
+        self.journal.append("decision", self.attempt, action="relaunch", reason=decision.reason,
+                            remedy=decision.remedy, new_plan=decision.plan.to_json(),
+                            plan_diff={k: list(v) for k, v in decision.plan_diff.items()},
+                            experiment_changed=decision.experiment_changed)
+        log.info("relaunching", run_id=self.run_id, remedy=decision.remedy, reason=decision.reason)
+        self.plan = decision.plan
+        self._to(State.LAUNCHING, decision.reason)
+
+    # ------------------------------------------------------------------ watching one attempt
+    def _watch_attempt(self) -> AttemptResult:
+        h, w, t0 = self._handle, self.watch, self._attempt_t0
+        buf = EvidenceBuffer(self.spec.signatures)
+        last_sample, hung, fatal_at, exit_ = -1e9, "", None, None
+        while True:
+            for line in self._tail.read_lines():
+                buf.add(line)
+                if self._observe_line(line):
+                    fatal_at = None               # progress after a fatal-looking line: it was not fatal
+                fatal_at = fatal_at or (self.clock() if _looks_fatal(line) else None)
+            exit_ = h.poll()
+            if exit_ is not None:
+                for line in self._tail.read_lines():   # what it printed on the way out
+                    buf.add(line)
+                    self._observe_line(line)
+                break
+            now = self.clock()
+            if now - last_sample >= self.opts.sample_s:
+                self._sample(h)
+                last_sample = now
+            hung = w.clock.expired(now) or ""
+            if hung or self._cancel is not None:
+                break
+            if fatal_at is not None and now - fatal_at > self.opts.fatal_exit_grace_s:
+                break                          # it printed its death and lingers (e.g. Ray shutdown): stop it
+            self.sleep(self.opts.poll_s)
+        dumps = dump_stacks(h.pids(), self.paths.ops_dir / "stacks", self.attempt) \
+            if hung and self.opts.stack_dumps else []
+        stopped = h.terminate(self.opts.grace_s)       # also stops stragglers of a trainer that exited
+        exit_ = exit_ or stopped
+        cancelled = self._cancel is not None and not hung
+        mem = self._last_mem
+        ev = Evidence(buf.lines(), None if hung else exit_, bool(hung), hung, 1 if exit_.oom_killed else 0,
+                      mem.cgroup_limit_mib if mem else None, w.peak_rss_mib or None, w.progress.completed_step,
+                      w.progress.phase)
+        return AttemptResult(self.attempt, exit_, None if cancelled else classify(ev, self.spec.signatures),
+                             w.progress.completed_step, self.clock() - t0,
+                             (w.first_step_at - t0) if w.first_step_at else None,
+                             [str(Path(p).relative_to(self.paths.root)) for p in dumps], w.peak_rss_mib,
+                             w.peak_gpu_mib, cancelled=cancelled)
+
+    _last_mem = None
+
+    def _observe_line(self, line: str) -> bool:
+        """Fold one log line into the attempt's progress; True when it announced a new step."""
+        ev = parse_line(line)
+        if ev is None:
+            return False
+        w, before = self.watch, self.watch.progress
+        w.progress = before.apply(ev)
+        now = self.clock()
+        if ev.kind == "step" and ev.value != before.step:
+            w.clock = w.clock.mark(now)
+            if w.first_step_at is None:
+                w.first_step_at = now
+                expected = (self._resume_step or 0) + 1
+                if ev.value != expected:
+                    self.journal.append("warning", self.attempt, message=f"step count did not continue from the "
+                                        f"last checkpoint: expected step {expected}, trainer started at {ev.value}",
+                                        expected_step=expected, first_step=ev.value)
+        elif ev.kind == "step_time":
+            p = w.progress
+            self.journal.append("progress", self.attempt, step=p.step, total_steps=p.total_steps, reward=p.reward,
+                                accuracy=p.accuracy, step_time_s=p.step_time_s,
+                                rss_mib=round(self._last_mem.rss_mib, 1) if self._last_mem else None,
+                                gpu_mib=w.peak_gpu_mib)
+            self._write_state()
+        elif ev.kind == "accuracy":
+            self.journal.append("eval", self.attempt, step=w.progress.step, accuracy=ev.value)
+        return ev.kind == "step" and ev.value != before.step
+
+    def _sample(self, h) -> None:
+        try:
+            mem = h.memory()
+        except Exception as err:   # a sampler must not end the watch
+            log.debug("memory sample failed", error=repr(err))
+            mem = None
+        if mem is not None:
+            self._last_mem = mem
+            self.watch.peak_rss_mib = max(self.watch.peak_rss_mib, mem.rss_mib)
+        if self._gpu_ok:
+            try:
+                snap = self.gpu_reader.snapshot()
+                used = max((g.memory_used_mib for g in snap.gpus), default=None)
+                if used is not None:
+                    self.watch.peak_gpu_mib = max(self.watch.peak_gpu_mib or 0, used)
+            except Exception as err:
+                self._gpu_ok = False
+                self.journal.append("warning", self.attempt, message=f"GPU reading stopped: {err}")
+        self._write_state()
+
+    # ------------------------------------------------------------------ acting and recording
+    def _cleanup(self, why: str) -> None:
+        t0 = self.clock()
+        try:
+            actions = self.backend.cleanup(self.run_id)
+        except Exception as err:   # leftovers we cannot stop are reported, not fatal
+            actions = [f"cleanup failed: {type(err).__name__}: {err}"]
+        if actions:
+            self.journal.append("cleanup", self.attempt, why=why, actions=actions,
+                                duration_s=round(self.clock() - t0, 3))
+
+    def _make_launch(self) -> Launch:
+        launch = self.spec.launch(self.plan, self.paths, self.opts.base_env, first=self.attempt == 1)
+        env = {**launch.env, "GRPO_OPS_RUN_ID": self.run_id, "GRPO_OPS_ATTEMPT": str(self.attempt)}
+        return replace(launch, env=env, labels={**launch.labels, "exp": self.run_id, "attempt": str(self.attempt)})
+
+    def _to(self, to: State, reason: str) -> None:
+        check_transition(self.state, to)
+        frm, self.state = self.state, to
+        self._record_transition(frm, to, reason)
+        if to.is_terminal:
+            self.end_reason = reason
+
+    def _record_transition(self, frm: State | None, to: State, reason: str) -> None:
+        self.journal.append("transition", self.attempt, **{"from": frm.value if frm else None, "to": to.value},
+                            reason=reason)
+        self._write_state()
+
+    def _write_state(self) -> None:
+        snap = state_snapshot(self)
+        write_state(self.paths.state_file, snap)
+        write_heartbeat(self.paths.heartbeat, snap)
+
+    def journal_ts(self) -> str:
+        from ops.journal import iso_now
+        return iso_now(self.wall())
+
+    def _finish(self) -> RunOutcome:
+        if self._handle is not None and self._handle.poll() is None:
+            self._handle.terminate(self.opts.grace_s)
+        self._cleanup("run ended")
+        p = self.watch.progress
+        steps = p.completed_step
+        out = RunOutcome(self.state, self.end_reason, self.attempt, steps, p.total_steps,
+                         round(self.clock() - self.started_mono, 3))
+        self.journal.append("run_end", self.attempt, state=self.state.value, reason=self.end_reason,
+                            steps_done=steps, total_steps=p.total_steps, wall_s=out.wall_s)
+        self._write_state()
+        return out
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+        def on_signal(signum, _frame):
+            self._cancel = signum
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)     # a closed terminal must not end the run
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return restore
+
+
+_FATAL = ("OutOfMemoryError", "CUDA out of memory", "CUDA error: out of memory", "RayTaskError")
+
+
+def _looks_fatal(line: str) -> bool:
+    return any(m in line for m in _FATAL)
