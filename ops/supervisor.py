@@ -26,7 +26,7 @@ from ops.errors import UserError
 from ops.journal import Journal, Listener
 from ops.records import (AttemptResult, RunOutcome, attempt_env, checkpoint_step, state_snapshot,
                          write_heartbeat, write_state)
-from ops.remedies import GiveUp, PastAttempt, PlanContext, next_plan
+from ops.remedies import GiveUp, PastAttempt, PlanContext, Relaunch, next_plan
 from ops.runs import ResumeInfo
 from ops.stacks import dump_stacks
 from ops.state import State, check_transition
@@ -85,6 +85,7 @@ class Supervisor:
         self.end_reason = ""
         self._cancel: int | None = None
         self._handle = None
+        self.extra_env: dict[str, str] = {}
         self._tail: LogTailer | None = None
         self._attempt_t0, self._resume_step = 0.0, None
         self._gpu_ok = gpu_reader is not None
@@ -185,25 +186,44 @@ class Supervisor:
     def _recover(self) -> None:
         f = self.last.failure if self.last and self.last.failure else Failure("crash", "supervisor lost", False)
         try:
-            ctx = PlanContext(tuple(self.spec.knobs), self.spec.resolve(self.plan),
-                              lambda cfg: self.spec.constraint_violations(cfg, self.opts.gpus),
+            cfg = self.spec.resolve(self.plan)
+            knobs = self.spec.knobs_for(cfg) if hasattr(self.spec, "knobs_for") else self.spec.knobs
+            ctx = PlanContext(tuple(knobs), cfg, lambda c: self.spec.constraint_violations(c, self.opts.gpus),
                               self.watch.progress.memory_model)
             decision = next_plan(f, self.plan, self.history, ctx)
         except UserError as err:
             decision = GiveUp(f"cannot plan a relaunch: {err}", State.FAILED_CONFIG)
+        env_diff = self._environment_remedy(f)
+        if isinstance(decision, GiveUp) and env_diff and f.family != "config":
+            decision = Relaunch(self.plan, f"{f.kind}: changing the environment ({', '.join(env_diff)})", "env")
         if isinstance(decision, GiveUp):
             self.journal.append("decision", self.attempt, action="give_up", reason=decision.reason, remedy=None,
                                 new_plan=None, plan_diff={}, experiment_changed=False)
             log.warning("giving up", run_id=self.run_id, reason=decision.reason)
             self._to(decision.state, decision.reason)
             return
+        self.extra_env.update({k: new for k, (_old, new) in env_diff.items()})
         self.journal.append("decision", self.attempt, action="relaunch", reason=decision.reason,
                             remedy=decision.remedy, new_plan=decision.plan.to_json(),
                             plan_diff={k: list(v) for k, v in decision.plan_diff.items()},
-                            experiment_changed=decision.experiment_changed)
+                            experiment_changed=decision.experiment_changed,
+                            env_diff={k: list(v) for k, v in env_diff.items()})
         log.info("relaunching", run_id=self.run_id, remedy=decision.remedy, reason=decision.reason)
         self.plan = decision.plan
         self._to(State.LAUNCHING, decision.reason)
+
+    def _environment_remedy(self, f: Failure) -> dict[str, tuple[str | None, str]]:
+        """Environment changes the trainer spec asks for after `f` (only those that change something)."""
+        fn = getattr(self.spec, "environment_remedy", None)
+        if fn is None:
+            return {}
+        env = {**self.opts.base_env, **self.extra_env}
+        try:
+            wanted = fn(f, self.plan, env) or {}
+        except Exception as err:
+            log.warning("environment remedy failed", error=repr(err))
+            return {}
+        return {k: (env.get(k), v) for k, v in wanted.items() if env.get(k) != v}
 
     # ------------------------------------------------------------------ watching one attempt
     def _watch_attempt(self) -> AttemptResult:
@@ -309,7 +329,8 @@ class Supervisor:
                                 duration_s=round(self.clock() - t0, 3))
 
     def _make_launch(self) -> Launch:
-        launch = self.spec.launch(self.plan, self.paths, self.opts.base_env, first=self.attempt == 1)
+        base = {**self.opts.base_env, **self.extra_env}
+        launch = self.spec.launch(self.plan, self.paths, base, first=self.attempt == 1)
         env = {**launch.env, "GRPO_OPS_RUN_ID": self.run_id, "GRPO_OPS_ATTEMPT": str(self.attempt)}
         return replace(launch, env=env, labels={**launch.labels, "exp": self.run_id, "attempt": str(self.attempt)})
 
