@@ -50,22 +50,21 @@ def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int 
 
 
 def _preflight_runner(spec_name: str, plan: Plan, results: Path, gpus: int | None):
-    """A callable running the preflight checks -> (ok, lines); None when no checks are installed."""
+    """A callable running the preflight checks -> (ok, lines); None when preflight is not installed."""
     try:
-        import ops.cmd_preflight as pre  # noqa: F401  (its import registers the checks)
-        from healthchecks.base import REGISTRY, CheckContext, Status, run_checks, select
+        from healthchecks.base import Status
+        from healthchecks.runner import run_preflight
+        from ops.cmd_preflight import build_context
     except ImportError:
         return None
-    if not REGISTRY:
-        return None
+    config = str(plan.config_path) if plan.config_path.is_file() else None
+    ctx = build_context(gpus, False, str(results), config, plan.overrides if config else (), spec_name, None, None)
 
     def run() -> tuple[bool, list[str]]:
-        ctx = CheckContext(gpus_required=gpus, results_dir=results, config_path=plan.config_path,
-                           overrides=plan.overrides, trainer=spec_name, min_free_disk_gib=1.0)
-        results_ = run_checks(ctx, select())
+        checks = run_preflight(ctx)
         lines = [f"{r.status.value} {r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else "")
-                 for r in results_ if r.status is not Status.PASS]
-        return not any(r.status is Status.FAIL for r in results_), lines
+                 for r in checks if r.status is not Status.PASS]
+        return not any(r.status is Status.FAIL for r in checks), lines
     return run
 
 
