@@ -56,7 +56,7 @@ class FakeGpuReader:
         return cls.of(h100(0, clock_event_reasons=reasons, temperature_c=89), *(h100(i) for i in range(1, n)))
 
     @classmethod
-    def foreign_process(cls, pid: int, used_mib: int = 78000, n: int = 1) -> "FakeGpuReader":
+    def foreign_process(cls, pid: int, used_mib: int = 80000, n: int = 1) -> "FakeGpuReader":
         """GPU 0 mostly full, held by process `pid` (a real pid in tests, so user and command line resolve)."""
         busy = h100(0, memory_used_mib=used_mib + 500, memory_free_mib=H100_MIB - used_mib - 500,
                     processes=(GpuProcess(pid, used_mib),))
