@@ -135,10 +135,15 @@ def _dry_run(spec, plan: Plan, paths: RunPaths, exp: str, budget_text: str) -> N
 @click.option("--startup-timeout-s", type=float, default=1800.0, show_default=True,
               help="Deadline for start-up and the first step.")
 @click.option("--grace-s", type=float, default=10.0, show_default=True, help="SIGTERM -> SIGKILL grace.")
+@click.option("--notify", metavar="URL|env:NAME", help="Webhook for give-up / recovery / success (Slack-style).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics of the run on this port.")
+@click.option("--metrics-textfile", type=click.Path(path_type=Path), help="Write Prometheus metrics to this file.")
+@click.option("--metrics-addr", help="Address for --metrics-port (default 0.0.0.0).")
+@click.option("--wandb/--no-wandb", "wandb", default=None, help="Log supervisor events to W&B (default: when configured).")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run, skip_preflight, max_attempts,
                 deadline, memory_limit_mib, docker_image, ray_address, gpus, hang_factor, hang_floor_s,
-                startup_timeout_s, grace_s, overrides):
+                startup_timeout_s, grace_s, notify, metrics_port, metrics_textfile, metrics_addr, wandb, overrides):
     """Launch the trainer and supervise it: watch, classify failures, recover, record.
 
     Overrides follow `--` in NeMo RL's grammar (key=value, ++key=value).
@@ -146,7 +151,9 @@ def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run
     cli = dict(memory_limit_mib=memory_limit_mib, docker=docker_image, ray_address=ray_address,
                max_attempts=max_attempts, deadline=deadline, gpus=gpus, repo=str(repo) if repo else None,
                hang_factor=hang_factor, hang_floor_s=hang_floor_s, startup_timeout_s=startup_timeout_s,
-               grace_s=grace_s)
+               grace_s=grace_s, notify=notify, metrics_port=metrics_port,
+               metrics_textfile=str(metrics_textfile) if metrics_textfile else None, metrics_addr=metrics_addr,
+               wandb=wandb)
     resume = None
     if resume_exp:
         exp, paths = resolve_exp(resume_exp, results)
@@ -190,11 +197,15 @@ def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, opti
     with RunLock(paths, exp):
         _events_log(paths.ops_dir / "events.log")
         preflight = None if skip_preflight else _preflight_runner(spec.name, plan, results, cli.get("gpus"))
-        gpu_reader = _gpu_reader()
+        listeners = _listeners(paths, cli)
+        saved = {**cli, "notify": cli["notify"] if str(cli.get("notify") or "").startswith("env:") else None}
         sup = Supervisor(spec, backend, paths, plan, budget, run_id=exp, options=options, preflight=preflight,
-                         resume=resume, argv=[redact(a) for a in sys.argv[1:]], gpu_reader=gpu_reader,
-                         listeners=_listeners(paths, exp), extra_start={"cli": cli})
-        out = sup.run()
+                         resume=resume, argv=[redact(a) for a in sys.argv[1:]], gpu_reader=_gpu_reader(),
+                         listeners=listeners, extra_start={"cli": saved})
+        try:
+            out = sup.run()
+        finally:
+            _close_listeners(listeners)
     click.echo(f"{exp}: {out.state.value} after {out.attempts} attempt(s), step {out.steps_done}/"
                f"{out.total_steps}: {out.reason}")
     return 0 if out.ok else 1
@@ -211,14 +222,21 @@ def _gpu_reader():
         return None
 
 
-def _listeners(paths: RunPaths, exp: str) -> list:
-    """Journal listeners other parts provide (report / W&B / notifications), if installed."""
+def _listeners(paths: RunPaths, cli: dict) -> list:
+    """Journal listeners of the sinks part (webhook, Prometheus, W&B), each non-blocking."""
     try:
-        from ops import listeners as mod
+        from ops.sinks import build_listeners
     except ImportError:
         return []
-    make = getattr(mod, "make_listeners", None)
-    return list(make(paths, exp)) if make else []
+    return list(build_listeners(cli, paths))
+
+
+def _close_listeners(listeners: list) -> None:
+    try:
+        from ops.sinks import close_listeners
+    except ImportError:
+        return
+    close_listeners(listeners)
 
 
 @click.command("status")
