@@ -73,14 +73,13 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("config", r"TORCH_CUDA_ARCH_LIST is not set", True),
     Signature("config", r"Expandable segments are not compatible with memory pool", True),
     Signature("config", r"No enough GPUs for training", True),
-    Signature("config", r"metric_name.*must start with|max_val_samples", True),
     Signature("uv_rate_limit", r"(?i)(error: Failed to (fetch|download).*|HTTP status client error \(429 Too Many "
                                r"Requests\).*uv|uv.*429 Too Many Requests|HTTP status client error \(429)"),
     Signature("hf_rate_limit", r"(?i)(429 Client Error: Too Many Requests.*huggingface|huggingface.*429|"
                                r"HfHubHTTPError.*429|429 Too Many Requests for url: https://huggingface)"),
     Signature("venv_broken", r"\(raylet\) ModuleNotFoundError: No module named 'ray'|have not registered within "
-                             r"the timeout|STARTED_ENV_BUILDER"),
-    Signature("port_in_use", r"\[Errno 98\].*address already in use|(?i)address already in use"),
+                             r"the timeout"),
+    Signature("port_in_use", r"(?i)address already in use"),
     Signature("hang", r"GenerationUnavailable: generation shard \d+ \(worker \d+\) did not return within"),
     Signature("actor_died", r"generation shard \d+ .*is unavailable: ActorDiedError|ray\.exceptions\.ActorDiedError"
                             r"|The actor died unexpectedly before finishing this task"),
