@@ -137,7 +137,11 @@ def _series(run: RunData) -> dict[str, dict[int, list[list[float]]]]:
     """name -> attempt -> [[step, value]]: the trainer's metrics first, the journal's progress as fallback."""
     out: dict[str, dict[int, dict[int, float]]] = {k: {} for k in ("reward", "accuracy", "step_time", "memory")}
     keys = {"reward": REWARD_KEYS, "accuracy": ACCURACY_KEYS, "step_time": STEP_TIME_KEYS, "memory": MEMORY_KEYS}
-    sources = [(r.get("attempt", 0), r) for r in run.records if r.get("kind") == "progress"]
+    evals = [r for r in run.records if r.get("kind") == "eval" and _is_num(r.get("accuracy"))]
+    # A progress record repeats the last validation accuracy at every step; validation's own records don't.
+    progress = [{k: v for k, v in r.items() if not (evals and k == "accuracy")}
+                for r in run.records if r.get("kind") == "progress"]
+    sources = [(r.get("attempt", 0), r) for r in progress + evals]
     sources += [(r.get("_attempt", 0), r) for r in run.metrics]     # later sources win
     for attempt, row in sources:
         if row.get("step") is None:

@@ -230,7 +230,8 @@ def load_run(root: Path) -> RunData:
 
 
 def read_evals(paths: RunPaths, records: list[dict]) -> list[dict]:
-    from_journal = [r for r in records if r.get("kind") == "eval"]
+    # "eval" records also carry preflight results and validation accuracy; a post-run one names `which`.
+    from_journal = [r for r in records if r.get("kind") == "eval" and r.get("which")]
     if from_journal:
         return from_journal
     doc = read_json(paths.ops_dir / "eval.json") or {}
