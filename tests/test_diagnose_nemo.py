@@ -18,9 +18,6 @@ from training.nemo_log import host_memory_growth, memory_points
 from training.nemo_rl import SIGNATURES
 
 ROOT = Path(__file__).resolve().parents[1]
-# TEMPORARY until the supervisor's `ops diagnose` lands in the tree (then this guard goes).
-from ops.cli import cli as _cli  # noqa: E402
-needs_diagnose = pytest.mark.skipif("diagnose" not in _cli.commands, reason="ops diagnose not in the tree yet")
 IDS = [c.name for c in CASES]
 
 
@@ -61,7 +58,6 @@ def _diagnose(tmp_path, lines, *extra) -> subprocess.CompletedProcess:
                            *extra], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-@needs_diagnose
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_ops_diagnose_names_each_failure(tmp_path, case):
     out = _diagnose(tmp_path, case.lines)
@@ -71,7 +67,6 @@ def test_ops_diagnose_names_each_failure(tmp_path, case):
     assert failure["evidence_lines"]
 
 
-@needs_diagnose
 def test_ops_diagnose_clean_log(tmp_path):
     out = _diagnose(tmp_path, CLEAN.lines)
     assert out.returncode == 0, out.stderr

@@ -123,6 +123,9 @@ class NemoRLTrainer:
     signatures: tuple[Signature, ...] = SIGNATURES
     _arch_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "repo", Path(self.repo))   # the CLI may pass a str
+
     @property
     def knobs(self) -> tuple[Knob, ...]:
         return MEGATRON_KNOBS
