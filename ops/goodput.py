@@ -88,7 +88,7 @@ def compute(records: Sequence[Mapping], steps: Sequence[StepTime]) -> Goodput:
         startup = _num(end.get("startup_s"))
         lost["startup"] += startup if startup is not None else (_num(end.get("duration_s")) or 0.0)
         failure = end.get("failure") or {}
-        if is_hang(failure.get("kind")) and startup is not None and attempt in last_progress:
+        if is_hang(failure) and startup is not None and attempt in last_progress:
             end_mono = _num(end.get("mono"))
             if end_mono is not None:
                 lost["hang_detect"] += max(0.0, end_mono - last_progress[attempt])
@@ -97,8 +97,9 @@ def compute(records: Sequence[Mapping], steps: Sequence[StepTime]) -> Goodput:
     return Goodput(wall, productive, lost, n_kept, n_lost)
 
 
-def is_hang(kind) -> bool:
-    return "hang" in str(kind or "").lower()
+def is_hang(failure: Mapping) -> bool:
+    """The supervisor's family "hang" (contracts.md), or a kind naming a hang."""
+    return failure.get("family") == "hang" or "hang" in str(failure.get("kind") or "").lower()
 
 
 def _kept_until(attempts: list[int], starts: Mapping[int, Mapping]) -> dict[int, int | None]:

@@ -40,6 +40,7 @@ class AttemptView:
     first_step: int | None
     last_step: int | None
     outcome: str                     # "succeeded" | failure kind | "running" | "unknown"
+    family: str | None               # the failure's family: oom | hang | crash | config (None on success)
     summary: str
     exit: dict
     numbers: dict
@@ -121,6 +122,7 @@ def _attempt_views(recs) -> list[AttemptView]:
         plan = s.get("plan") or {}
         out.append(AttemptView(
             attempt=n, started=s.get("ts"), overrides=tuple(redact(o) for o in plan.get("overrides", ())),
+            family=failure.get("family") or (_family_guess(outcome) if failure else None),
             resume_from_step=s.get("resume_from_step"), first_step=min(steps) if steps else None,
             last_step=(end or {}).get("last_step", max(steps) if steps else None), outcome=outcome,
             summary=redact(summary), exit=(end or {}).get("exit") or {}, numbers=failure.get("numbers") or {},
@@ -131,6 +133,11 @@ def _attempt_views(recs) -> list[AttemptView]:
             decision={k: dec.get(k) for k in ("action", "reason", "remedy", "plan_diff", "experiment_changed")}
             if dec else None))
     return out
+
+
+def _family_guess(kind: str) -> str:
+    low = kind.lower()
+    return "oom" if "oom" in low else ("hang" if "hang" in low else "crash")
 
 
 def _series(run: RunData) -> dict[str, dict[int, list[list[float]]]]:
@@ -208,12 +215,12 @@ def _oom_criterion(attempts) -> Criterion:
     if not attempts:
         return Criterion(name, UNKNOWN, "no attempt was launched")
     last = attempts[-1]
-    earlier = [f"attempt {a.attempt}: {a.outcome}" for a in attempts[:-1] if "oom" in a.outcome.lower()]
+    earlier = [f"attempt {a.attempt}: {a.outcome}" for a in attempts[:-1] if a.family == "oom"]
     mem = f"peak RSS {_fmt(last.peak_rss_mib)} MiB, GPU {_fmt(last.peak_gpu_mib)} MiB"
     note = f" (earlier: {'; '.join(earlier)})" if earlier else ""
     if last.outcome == "running":
         return Criterion(name, UNKNOWN, f"attempt {last.attempt} still running{note}")
-    if "oom" in last.outcome.lower() or last.exit.get("oom_killed"):
+    if last.family == "oom" or last.exit.get("oom_killed"):
         return Criterion(name, FAIL, f"attempt {last.attempt} ended {last.outcome}: {last.summary}; {mem}")
     return Criterion(name, PASS, f"attempt {last.attempt} ended {last.outcome}; {mem}{note}")
 
