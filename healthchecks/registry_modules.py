@@ -11,6 +11,7 @@ CHECK_MODULES = [
     "healthchecks.gpu",          # gpu, cuda_arch, gpu_memory, gpu_health
     "healthchecks.processes",    # stale_processes, ray_cluster
     "healthchecks.host",         # host, wandb
+    "healthchecks.nemo_rl_checks",  # hf_cache, chat_template, tool_parser_plugin, training_config (NeMo RL runs)
 ]
 
 
