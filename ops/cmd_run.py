@@ -140,10 +140,13 @@ def _dry_run(spec, plan: Plan, paths: RunPaths, exp: str, budget_text: str) -> N
 @click.option("--metrics-textfile", type=click.Path(path_type=Path), help="Write Prometheus metrics to this file.")
 @click.option("--metrics-addr", help="Address for --metrics-port (default 0.0.0.0).")
 @click.option("--wandb/--no-wandb", "wandb", default=None, help="Log supervisor events to W&B (default: when configured).")
+@click.option("--eval-cmd", metavar="CMD", help="After success, run CMD on the base model and the best checkpoint "
+              "({model}, {which}, {out}, {step} substituted); scores go into the report.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run, skip_preflight, max_attempts,
                 deadline, memory_limit_mib, docker_image, ray_address, gpus, hang_factor, hang_floor_s,
-                startup_timeout_s, grace_s, notify, metrics_port, metrics_textfile, metrics_addr, wandb, overrides):
+                startup_timeout_s, grace_s, notify, metrics_port, metrics_textfile, metrics_addr, wandb, eval_cmd,
+                overrides):
     """Launch the trainer and supervise it: watch, classify failures, recover, record.
 
     Overrides follow `--` in NeMo RL's grammar (key=value, ++key=value).
@@ -153,7 +156,10 @@ def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run
                hang_factor=hang_factor, hang_floor_s=hang_floor_s, startup_timeout_s=startup_timeout_s,
                grace_s=grace_s, notify=notify, metrics_port=metrics_port,
                metrics_textfile=str(metrics_textfile) if metrics_textfile else None, metrics_addr=metrics_addr,
-               wandb=wandb)
+               wandb=wandb, eval_cmd=eval_cmd)
+    if eval_cmd:
+        from ops.evaluate import check_template
+        check_template(eval_cmd)            # a bad template is a usage error now, not after the night
     resume = None
     if resume_exp:
         exp, paths = resolve_exp(resume_exp, results)
@@ -206,9 +212,26 @@ def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, opti
             out = sup.run()
         finally:
             _close_listeners(listeners)
+        if out.ok and cli.get("eval_cmd"):
+            _post_run_eval(cli["eval_cmd"], paths, exp, out.attempts)
     click.echo(f"{exp}: {out.state.value} after {out.attempts} attempt(s), step {out.steps_done}/"
                f"{out.total_steps}: {out.reason}")
     return 0 if out.ok else 1
+
+
+def _post_run_eval(eval_cmd: str, paths: RunPaths, exp: str, attempt: int) -> None:
+    """--eval-cmd on the base model and the best checkpoint; journaled as `eval` records; never fails the run."""
+    from ops.evaluate import run_evals
+    from ops.journal import Journal
+    results = run_evals(eval_cmd, paths)
+    journal = Journal(paths.journal, exp)
+    try:
+        for r in results:
+            journal.append("eval", attempt, what="post_run", **r)
+    finally:
+        journal.close()
+    for r in results:
+        click.echo(f"{exp}: eval {r['which']} ({r['model']}): " + (f"score {r['score']}" if r["ok"] else r["error"]))
 
 
 def _gpu_reader():
