@@ -180,7 +180,9 @@ def check_training_config(ctx: CheckContext) -> list[CheckResult]:
     plan = nemo_plan.effective_plan(cfg)
     data: dict[str, Any] = {"plan": plan.to_json(), "model_arch": arch or None, "visible_gpus": gpus,
                             "violations": problems}
-    out = [CheckResult("training_config", Status.FAIL, p, _fix_for(p), data=data) for p in problems]
+    tps = ", ".join(map(str, nemo_plan.valid_tp(cfg, arch)))
+    out = [CheckResult("training_config", Status.FAIL, p, _fix_for(p).replace("{tps}", tps), data=data)
+           for p in problems]
     if not out:
         out.append(CheckResult("training_config", Status.PASS, " | ".join(plan.lines()), data=data))
     if not arch:
@@ -192,9 +194,9 @@ def check_training_config(ctx: CheckContext) -> list[CheckResult]:
 
 def _fix_for(problem: str) -> str:
     if "divisible by PP * CP * TP" in problem or "insufficient for the parallelism" in problem:
-        return "choose TP (x PP x CP) that divides the GPU count, e.g. 1, 2, 4 or 8 on 8 GPUs"
+        return "use a TP that fits the GPUs and the model: one of {tps}"
     if "must be a multiple of tensor_model_parallel_size" in problem:
-        return "choose a TP that divides the model's attention heads and KV groups"
+        return "use a TP that divides the model's attention heads and KV groups: one of {tps}"
     if "TP " in problem and "logprob_batch_size" in problem:
         return "set policy.logprob_batch_size equal to policy.train_micro_batch_size"
     if "GPU(s) are visible" in problem:

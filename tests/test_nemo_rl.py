@@ -240,3 +240,9 @@ def test_environment_remedies(tmp_path, hf_home):
     timeout = Failure("hang", "GenerationUnavailable: generation shard 0 (worker 0) did not return within 900.0s")
     assert trainer.environment_remedy(timeout, plan, env) == {"NRL_VLLM_ASYNC_TIMEOUT_SECONDS": "1800"}
     assert trainer.environment_remedy(Failure("cuda_oom", "x"), plan, env) == {}
+
+
+def test_valid_tp_values():
+    assert nemo_plan.valid_tp(resolve(WORKPLACE), ARCH) == [1, 2, 4, 8]
+    assert nemo_plan.valid_tp(resolve(WORKPLACE, ["cluster.gpus_per_node=6"]), ARCH) == [1, 2]
+    assert nemo_plan.valid_tp(resolve(WORKPLACE, ["cluster.gpus_per_node=6"])) == [1, 2, 3, 6]

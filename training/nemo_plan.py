@@ -211,3 +211,12 @@ def _gym_violations(cfg: Mapping[str, Any]) -> list[str]:
     if get(cfg, "grpo.max_val_samples") is not None:
         out.append("grpo.max_val_samples must be null with NeMo Gym (run_grpo_nemo_gym.py rejects it)")
     return out
+
+
+def valid_tp(cfg: Mapping[str, Any], arch: Mapping[str, int] | None = None) -> list[int]:
+    """Training TP values that keep world size, attention heads and KV groups divisible (PP, CP as set)."""
+    p = effective_plan(cfg)
+    heads = [n for n in ((arch or {}).get("num_attention_heads"), (arch or {}).get("num_key_value_heads"))
+             if isinstance(n, int)]
+    return [t for t in range(1, p.world_size + 1)
+            if p.world_size % (t * p.pp * p.cp) == 0 and all(n % t == 0 for n in heads)]
