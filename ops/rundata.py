@@ -180,10 +180,16 @@ def _plan_config(records: list[dict]) -> tuple[Any, str]:
                  if r.get("kind") in ("attempt_start", "run_start") and r.get("plan")), None)
     if not plan:
         return None, "unknown"
+    source = f"{Path(plan['config_path']).name} + overrides"
+    try:                            # NeMo RL's loader (defaults: inheritance, Hydra overrides) when installed
+        from training.config import load_config
+        return load_config(plan["config_path"], tuple(plan.get("overrides", ()))), source
+    except Exception:               # not installed, or it refused the plan: plain YAML + dotlist below
+        pass
     try:
         base = OmegaConf.load(plan["config_path"])
         dotlist = [o.lstrip("+") for o in plan.get("overrides", ()) if "=" in o and not o.startswith("~")]
-        return OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist)), f"{Path(plan['config_path']).name} + overrides"
+        return OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist)), source
     except Exception:               # unreadable plan config: settings stay unknown, the report says so
         return None, "unknown"
 

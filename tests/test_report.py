@@ -113,3 +113,12 @@ def test_cli_unknown_run_is_one_line_exit_2(tmp_path):
     assert "'nope'" in p.stderr
     p = _ops("report", "--results", str(tmp_path / "empty"), cwd=tmp_path)
     assert p.returncode == 2 and "no experiment found under" in p.stderr
+
+
+def test_settings_from_a_real_nemo_rl_config_with_overrides():
+    from ops.rundata import read_settings
+    cfg = _repo() / "tests" / "fixtures" / "nemo_rl" / "grpo_workplace_assistant_nemotron_nano_v2_9b.yaml"
+    s = read_settings([], [{"kind": "run_start", "plan": {"config_path": str(cfg),
+                                                          "overrides": ["++grpo.max_num_steps=3"]}}])
+    assert (s.save_period, s.keep_top_k, s.max_num_steps, s.metric_name) == (6, 3, 3, "val:accuracy")
+    assert s.model_name and "Nemotron" in s.model_name
