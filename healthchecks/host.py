@@ -100,6 +100,7 @@ def judge_host(r: HostReading, min_free_disk_gib: float) -> CheckResult:
     fails, warns, fixes, parts = [], [], [], []
     if r.disk_free_gib is None:
         fails.append(f"cannot read free space for {r.results_dir}")
+        fixes.append("choose a --results-dir on a mounted, readable volume")
     else:
         parts.append(f"{r.disk_free_gib:.0f} GiB free at {r.results_dir}")
         if not r.disk_writable:
@@ -133,6 +134,7 @@ def judge_host(r: HostReading, min_free_disk_gib: float) -> CheckResult:
         fixes.append("stop other jobs on this node or raise the container's memory limit")
     elif r.mem_available_gib < WANT_AVAIL_GIB:
         warns.append(f"{r.mem_available_gib:.1f} GiB host memory available (< {WANT_AVAIL_GIB:g})")
+        fixes.append("stop other jobs on this node or raise the container's memory limit")
     status = Status.FAIL if fails else Status.WARN if warns else Status.PASS
     detail = "; ".join(fails + warns) + (" | " if fails or warns else "") + ", ".join(parts)
     data = {"results_dir": r.results_dir, "disk_free_gib": r.disk_free_gib, "disk_writable": r.disk_writable,

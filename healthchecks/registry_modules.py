@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from healthchecks.base import REGISTRY
+
 CHECK_MODULES = [
     "healthchecks.gpu",          # gpu, cuda_arch, gpu_memory, gpu_health
     "healthchecks.processes",    # stale_processes, ray_cluster
@@ -16,6 +18,11 @@ CHECK_MODULES = [
 
 
 def load_checks() -> None:
-    """Import every listed check module (idempotent)."""
+    """Import every listed check module (idempotent) and put REGISTRY in the order of CHECK_MODULES, whatever
+    order the modules happened to be imported in (checks from unlisted modules go last)."""
     for name in CHECK_MODULES:
         importlib.import_module(name)
+    rank = {name: i for i, name in enumerate(CHECK_MODULES)}
+    ordered = sorted(REGISTRY.items(), key=lambda kv: rank.get(getattr(kv[1], "__module__", ""), len(rank)))
+    REGISTRY.clear()
+    REGISTRY.update(ordered)
