@@ -78,3 +78,10 @@ def test_no_signature_matches_a_healthy_line():
     for sig in SIGNATURES:
         rx = re.compile(sig.pattern)
         assert not [ln for ln in CLEAN.lines if rx.search(ln)], sig
+
+
+def test_trainer_log_warnings_hook():
+    from training.nemo_rl import NemoRLTrainer
+    warnings = NemoRLTrainer().log_warnings(growing_memory(steps=5, per_step=1.5), host_limit_gb=24.0)
+    assert len(warnings) == 1 and "driver host memory after 'Generation' grew +4.50 GB" in warnings[0]
+    assert NemoRLTrainer().log_warnings(CLEAN.lines) == []

@@ -24,8 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tenacity
+if TYPE_CHECKING:
+    import tenacity
 
 DEFAULT_MODEL = "nvidia/NVIDIA-Nemotron-Nano-9B-v2"
 TOOL_PARSER_FILE = "nemotron_toolcall_parser_no_streaming.py"
@@ -220,6 +222,8 @@ class RetryPolicy:
 
     def retrying(self, sleep: Callable[[float], None] = time.sleep,
                  before_sleep: Callable[[tenacity.RetryCallState], None] | None = None) -> tenacity.Retrying:
+        import tenacity   # here, so that reading the cache needs no third-party package (GPU host)
+
         def wait(state: tenacity.RetryCallState) -> float:
             err = state.outcome.exception() if state.outcome else None
             return self.wait_s(state.attempt_number, err)
@@ -238,7 +242,7 @@ def download_model(model: str, cache: Path, env: Mapping[str, str], *, revision:
     (disable_progress_bars if not progress else enable_progress_bars)()
     token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None
 
-    def report(state: tenacity.RetryCallState) -> None:
+    def report(state: "tenacity.RetryCallState") -> None:
         if on_retry is not None:
             on_retry(state.attempt_number, state.upcoming_sleep)
 

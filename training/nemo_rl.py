@@ -227,6 +227,14 @@ class NemoRLTrainer:
             return None
         return str(value) if value else None
 
+    # -- what the log says beyond failures ----------------------------------------------------------------
+    def log_warnings(self, lines: Sequence[str], host_limit_gb: float | None = None) -> list[str]:
+        """Warnings to journal from the attempt's log so far (pure): driver host memory growing step over step
+        (NeMo RL's `💭 Driver CPU memory tracker` blocks), before the host OOM killer acts."""
+        from training.nemo_log import host_memory_growth
+        growth = host_memory_growth(lines, limit_gb=host_limit_gb)
+        return [growth.message] if growth is not None else []
+
     # -- remedies the generic planner cannot make -------------------------------------------------------
     def environment_remedy(self, failure: Any, plan: Plan, env: Mapping[str, str]) -> dict[str, str]:
         """Environment changes for the next launch after `failure` (an ops.classify.Failure); {} when none.
