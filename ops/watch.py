@@ -35,8 +35,13 @@ class LineEvent:
     total: int | None = None
 
 
+_CUES = ("=====", "•", "▶", "grpo-ops:", "Saving checkpoint", "🔍", "has been reached")
+
+
 def parse_line(line: str) -> LineEvent | None:
-    """What one log line says, or None."""
+    """What one log line says, or None. Cheap substring cues first: most lines say nothing."""
+    if not any(c in line for c in _CUES):
+        return None
     m = _STEP.search(line)
     if m:
         return LineEvent("step", int(m.group(1)), int(m.group(2)))
@@ -124,7 +129,7 @@ class HangClock:
         limit = self.deadline_s()
         if now - ref <= limit:
             return None
-        what = "the first step" if self.last_mark is None else "a new step"
+        what = "first step" if self.last_mark is None else "new step"
         return f"no {what} for {now - ref:.1f}s (deadline {limit:.1f}s)"
 
 
@@ -163,19 +168,26 @@ class EvidenceBuffer:
         self.tail: deque[str] = deque(maxlen=tail)
         self.flagged: deque[tuple[int, str]] = deque(maxlen=flagged)
         self._n = 0
-        self._rx = [re.compile(s.pattern) for s in (*signatures, *GENERIC_SIGNATURES)]
-        self._rx.append(re.compile(r"Traceback \(most recent call last\)"))
+        patterns = [s.pattern for s in (*signatures, *GENERIC_SIGNATURES)]
+        patterns.append(r"Traceback \(most recent call last\)")
+        self._rx = re.compile("|".join(_scoped(p) for p in patterns))   # one pass per line
 
     def add(self, line: str) -> None:
         self._n += 1
         self.tail.append(line)
-        if any(rx.search(line) for rx in self._rx):
+        if self._rx.search(line):
             self.flagged.append((self._n, line))
 
     def lines(self) -> tuple[str, ...]:
         start = self._n - len(self.tail) + 1
         early = [ln for n, ln in self.flagged if n < start]
         return tuple(early) + tuple(self.tail)
+
+
+def _scoped(pattern: str) -> str:
+    """A pattern fit for an alternation: a leading global flag group like (?i) becomes a scoped (?i:...)."""
+    m = re.match(r"^\(\?([aiLmsux]+)\)", pattern)
+    return f"(?{m.group(1)}:{pattern[m.end():]})" if m else f"(?:{pattern})"
 
 
 @dataclass
