@@ -86,6 +86,8 @@ class Supervisor:
         self._cancel: int | None = None
         self._handle = None
         self.extra_env: dict[str, str] = {}
+        self._warned: set[str] = set()
+        self._buf: EvidenceBuffer | None = None
         self._tail: LogTailer | None = None
         self._attempt_t0, self._resume_step = 0.0, None
         self._gpu_ok = gpu_reader is not None
@@ -228,7 +230,7 @@ class Supervisor:
     # ------------------------------------------------------------------ watching one attempt
     def _watch_attempt(self) -> AttemptResult:
         h, w, t0 = self._handle, self.watch, self._attempt_t0
-        buf = EvidenceBuffer(self.spec.signatures)
+        buf = self._buf = EvidenceBuffer(self.spec.signatures)
         last_sample, hung, fatal_at, exit_ = -1e9, "", None, None
         while True:
             for line in self._tail.read_lines():
@@ -292,10 +294,26 @@ class Supervisor:
                                 accuracy=p.accuracy, step_time_s=p.step_time_s,
                                 rss_mib=round(self._last_mem.rss_mib, 1) if self._last_mem else None,
                                 gpu_mib=w.peak_gpu_mib)
+            self._spec_warnings()
             self._write_state()
         elif ev.kind == "accuracy":
             self.journal.append("eval", self.attempt, step=w.progress.step, accuracy=ev.value)
         return ev.kind == "step" and ev.value != before.step
+
+    def _spec_warnings(self) -> None:
+        """Once per step: warnings the trainer spec reads from the log (e.g. host memory creeping up)."""
+        fn = getattr(self.spec, "log_warnings", None)
+        if fn is None:
+            return
+        try:
+            found = fn(list(self._buf.tail))
+        except Exception as err:
+            log.debug("log_warnings failed", error=repr(err))
+            return
+        for message in found:
+            if message not in self._warned:
+                self._warned.add(message)
+                self.journal.append("warning", self.attempt, message=message, source="trainer spec")
 
     def _sample(self, h) -> None:
         try:
