@@ -154,7 +154,19 @@ def violations(cfg: Mapping[str, Any], gpus: int | None = None, arch: Mapping[st
         out.append(f"cluster.gpus_per_node={asked} but only {gpus} GPU(s) are visible on this node; set "
                    f"cluster.gpus_per_node={gpus} (Ray would wait for GPUs that never come)")
     p = effective_plan(cfg)
-    key = tp_key(cfg)
+    out += _parallel_violations(p, tp_key(cfg), arch or {}, env)
+    out += _batch_violations(p, cfg)
+    out += _generation_violations(p, cfg)
+    metric = get(cfg, "checkpointing.metric_name")
+    if isinstance(metric, str) and not metric.startswith(("val:", "train:")):
+        out.append(f"checkpointing.metric_name {metric!r} must start with 'val:' or 'train:' (grpo.py)")
+    if get(cfg, "env.should_use_nemo_gym"):
+        out.extend(_gym_violations(cfg))
+    return out
+
+
+def _parallel_violations(p: EffectivePlan, key: str, arch: Mapping[str, int], env: Mapping[str, str]) -> list[str]:
+    out = []
     model_par = p.tp * p.pp * p.cp
     if p.world_size < model_par:
         out.append(f"World size ({p.world_size}) is insufficient for the parallelism configuration: TP {p.tp} x "
@@ -163,7 +175,7 @@ def violations(cfg: Mapping[str, Any], gpus: int | None = None, arch: Mapping[st
         out.append(f"World size ({p.world_size}) must be divisible by PP * CP * TP ({model_par}): {key}={p.tp} "
                    f"does not divide {p.world_size} GPUs (lm_policy.py)")
     for name, label in (("num_attention_heads", "num_attention_heads"), ("num_key_value_heads", "num_query_groups")):
-        n = (arch or {}).get(name)
+        n = arch.get(name)
         if isinstance(n, int) and p.tp and n % p.tp:
             out.append(f"{label} ({n}) must be a multiple of tensor_model_parallel_size ({p.tp}): {key}={p.tp} "
                        f"does not divide the model's {n} (Megatron-Core TransformerConfig)")
@@ -172,6 +184,11 @@ def violations(cfg: Mapping[str, Any], gpus: int | None = None, arch: Mapping[st
     if p.tp >= 4 and p.train_micro_batch != p.logprob_batch and env.get("NRL_IGNORE_TP_ACCURACY_CHECK") != "1":
         out.append(f"TP {p.tp} >= 4 needs policy.train_micro_batch_size ({p.train_micro_batch}) == "
                    f"policy.logprob_batch_size ({p.logprob_batch}): known batch-variant accuracy issue (lm_policy.py)")
+    return out
+
+
+def _batch_violations(p: EffectivePlan, cfg: Mapping[str, Any]) -> list[str]:
+    out = []
     if p.generated_batch and p.train_global_batch and p.generated_batch % p.train_global_batch:
         out.append(f"Total batch size ({p.generated_batch} = prompts x generations) is not a multiple of batch_size "
                    f"({p.train_global_batch} = policy.train_global_batch_size) (batched_data_dict.py)")
@@ -183,6 +200,11 @@ def violations(cfg: Mapping[str, Any], gpus: int | None = None, arch: Mapping[st
         out.append(f"dynamic batching needs pipeline_model_parallel_size 1, not {p.pp} (lm_policy.py)")
     if dyn and get(cfg, "policy.sequence_packing.enabled"):
         out.append("policy.dynamic_batching and policy.sequence_packing are both enabled; pick one (lm_policy.py)")
+    return out
+
+
+def _generation_violations(p: EffectivePlan, cfg: Mapping[str, Any]) -> list[str]:
+    out = []
     vmp = p.vllm_tp * p.vllm_pp
     if get(cfg, "policy.generation.backend") == "vllm" and vmp and p.generation_gpus % vmp:
         out.append(f"World size must be a multiple of model parallel size: vLLM TP {p.vllm_tp} x PP {p.vllm_pp} = "
@@ -195,11 +217,6 @@ def violations(cfg: Mapping[str, Any], gpus: int | None = None, arch: Mapping[st
     if not p.colocated and p.num_nodes == 1 and p.generation_gpus <= 0:
         out.append("No enough GPUs for training: non-colocated generation on one node needs "
                    "policy.generation.colocated.resources.gpus_per_node > 0 (grpo.py)")
-    metric = get(cfg, "checkpointing.metric_name")
-    if isinstance(metric, str) and not metric.startswith(("val:", "train:")):
-        out.append(f"checkpointing.metric_name {metric!r} must start with 'val:' or 'train:' (grpo.py)")
-    if get(cfg, "env.should_use_nemo_gym"):
-        out.extend(_gym_violations(cfg))
     return out
 
 
