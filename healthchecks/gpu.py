@@ -226,16 +226,20 @@ def describe_holders(pids: Sequence[int], table: Mapping[int, procs.ProcInfo]) -
 
 
 def judge_gpu_memory(gpus: Sequence[GpuInfo], min_free_mib: int, holders: Mapping[int, str],
-                     mine: set[int]) -> CheckResult:
-    """Pure verdict on free GPU memory and the processes holding it."""
+                     mine: set[int], vllm_fraction: float | None = None) -> CheckResult:
+    """Pure verdict on free GPU memory and the processes holding it. With `vllm_fraction` (the config's
+    vLLM gpu_memory_utilization) a GPU needs that share of its total free, as vLLM checks at start-up."""
     status = Status.PASS
     parts, lines = [], []
     for g in gpus:
+        need = max(min_free_mib, int(vllm_fraction * g.memory_total_mib) if vllm_fraction else 0)
         parts.append(f"GPU {g.index}: {g.memory_free_mib}/{g.memory_total_mib} MiB free")
         for p in g.processes:
             lines.append(f"GPU {g.index} {p.used_mib if p.used_mib is not None else '?'} MiB: {holders.get(p.pid)}")
-        if g.memory_free_mib < min_free_mib:
+        if g.memory_free_mib < need:
             status = Status.FAIL
+            if need > min_free_mib:
+                parts[-1] += f" < {need} MiB that vLLM gpu_memory_utilization={vllm_fraction:g} needs"
         elif g.processes and status == Status.PASS:
             status = Status.WARN
     detail = "; ".join(parts)
@@ -253,8 +257,27 @@ def judge_gpu_memory(gpus: Sequence[GpuInfo], min_free_mib: int, holders: Mappin
     data = {"gpus": [{"index": g.index, "free_mib": g.memory_free_mib, "total_mib": g.memory_total_mib,
                       "processes": [{"pid": p.pid, "used_mib": p.used_mib, "process": holders.get(p.pid)}
                                     for p in g.processes]} for g in gpus],
-            "min_free_gpu_mib": min_free_mib}
+            "min_free_gpu_mib": min_free_mib, "vllm_gpu_memory_utilization": vllm_fraction}
     return CheckResult("gpu_memory", status, detail, fix, data)
+
+
+def vllm_fraction(ctx: CheckContext) -> float | None:
+    """policy.generation.vllm_cfg.gpu_memory_utilization from --config (+ overrides) when generation is vLLM;
+    None without a config or when it cannot be read (the training_config check reports broken configs)."""
+    if ctx.config_path is None:
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        from training.config import load_config
+        cfg = load_config(ctx.config_path, ctx.overrides)
+        backend = OmegaConf.select(cfg, "policy.generation.backend", default=None)
+        value = OmegaConf.select(cfg, "policy.generation.vllm_cfg.gpu_memory_utilization", default=None)
+    except Exception:
+        return None
+    if backend not in (None, "vllm") or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return None
+    return float(value)
 
 
 @register("gpu_memory")
@@ -265,7 +288,8 @@ def check_gpu_memory(ctx: CheckContext) -> CheckResult:
     pids = [p.pid for g in snap.gpus for p in g.processes]
     table = procs.snapshot(with_markers=False) if pids else {}
     mine = {pid for pid in pids if pid in table and table[pid].uid == ctx.uid}
-    return judge_gpu_memory(snap.gpus, ctx.min_free_gpu_mib, describe_holders(pids, table), mine)
+    return judge_gpu_memory(snap.gpus, ctx.min_free_gpu_mib, describe_holders(pids, table), mine,
+                            vllm_fraction(ctx))
 
 
 # --- gpu_health -----------------------------------------------------------------------------------------

@@ -53,17 +53,17 @@ def _check_overrides(overrides: Sequence[str]) -> None:
 
 
 def gpus_from_config(config: Path, overrides: Sequence[str]) -> int | None:
-    """cluster.gpus_per_node from the YAML, with an override of that key winning."""
-    for item in reversed(overrides):
-        key, _, value = item.lstrip("+~").partition("=")
-        if key == "cluster.gpus_per_node" and value.strip().isdigit():
-            return int(value)
-    import yaml
+    """cluster.gpus_per_node of the effective config (defaults chain + overrides, as NeMo RL loads it)."""
+    from omegaconf import OmegaConf
+
+    from training.config import load_config
     try:
-        data = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read config {config}: {err}; give a readable NeMo RL YAML") from None
-    value = (data.get("cluster") or {}).get("gpus_per_node") if isinstance(data, dict) else None
+        value = OmegaConf.select(load_config(config, overrides), "cluster.gpus_per_node", default=None)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"cannot read config {config}: {' '.join(str(err).split())[:200]}; "
+                        "give a readable NeMo RL YAML") from None
     return value if isinstance(value, int) else None
 
 

@@ -229,3 +229,17 @@ def test_cli_foreign_process_has_no_secret_in_output(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_gpu_memory_uses_the_configs_vllm_share(tmp_path):
+    """NeMo RL's colocated vLLM needs gpu_memory_utilization x total free at start-up (0.8 in the YAML)."""
+    cfg = os.path.join(os.path.dirname(__file__), "fixtures", "nemo_rl",
+                       "grpo_workplace_assistant_nemotron_nano_v2_9b.yaml")
+    fake = FakeGpuReader.foreign_process(pid=4_000_001, used_mib=20000)       # ~61 GB of 80 GB free
+    p, doc = preflight(fake, tmp_path, "--only", "gpu_memory", "--config", cfg)
+    r = by_name(doc)["gpu_memory"]
+    assert r["status"] == "FAIL" and "vLLM gpu_memory_utilization=0.8 needs" in r["detail"]
+    assert r["data"]["vllm_gpu_memory_utilization"] == 0.8
+    p, doc = preflight(fake, tmp_path, "--only", "gpu_memory", "--config", cfg, "--",
+                       "policy.generation.vllm_cfg.gpu_memory_utilization=0.5")
+    assert by_name(doc)["gpu_memory"]["status"] == "WARN"                      # enough free; a holder remains
