@@ -163,6 +163,7 @@ def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run
     resume = None
     if resume_exp:
         exp, paths = resolve_exp(resume_exp, results)
+        paths = RunPaths(paths.root.absolute())      # the trainer runs elsewhere: no relative paths
         resume = resume_info(paths)
         if resume.ended:
             raise UserError(f"experiment {exp!r} already ended ({resume.state}); start a new one with `ops run`")
@@ -177,11 +178,11 @@ def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run
     deadline_ts = next((p.wall_epoch_s for p in getattr(budget, "parts", ()) if hasattr(p, "wall_epoch_s")), None)
     spec = registry.make(trainer, repo=repo, deadline_ts=deadline_ts)
     plan = resume.plan if resume else Plan(config or spec.default_config(), tuple(overrides))
-    if not resume and not plan.config_path.exists() and trainer == "embedded":
+    if not resume and not plan.config_path.exists() and trainer != "nemo-rl":
         raise UserError(f"--config {plan.config_path} does not exist; pass an existing YAML file")
     if not resume:
         exp = exp or default_exp_name(trainer, plan.config_path, results, now.date())
-        paths = RunPaths(exp_dir(exp, results))
+        paths = RunPaths(exp_dir(exp, results).absolute())
         if paths.journal.exists() and not dry_run:
             raise UserError(f"experiment {exp!r} already has a journal; continue it with `ops run --resume {exp}` "
                             "or pick another --exp")

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from training.spec import Knob, Launch, Plan, RunPaths, Signature, override_key
 
-DEFAULTS = {"steps": 4, "step_s": 0.05, "micro_batch": 8, "global_batch": 8, "mib_per_sample": 0,
+DEFAULTS = {"leftover": 0, "steps": 4, "step_s": 0.05, "micro_batch": 8, "global_batch": 8, "mib_per_sample": 0,
             "crash_at": 0, "hang_at": 0, "exit_code": 0, "fail_text": "", "ckpt_dir": "."}
 HERE = Path(__file__).resolve()
 
@@ -43,6 +43,11 @@ def main() -> int:
         print(cfg["fail_text"], flush=True)
         return 1
     done = max((int(p.name[5:]) for p in ckpt.glob("step_*")), default=0)
+    if cfg["leftover"] and once(ckpt, "leftover"):
+        # a helper in its own session: outlives this process, like a Gym server or a Ray daemon would
+        import subprocess
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+        (ckpt / "leftover.pid").write_text(str(p.pid))
     print(f"grpo-ops: memory model: static_mib=30 per_sample_mib={cfg['mib_per_sample']} device=cpu tp=1",
           flush=True)
     hold = []
@@ -74,8 +79,8 @@ class FixtureTrainer:
     knobs = (Knob("micro_batch", "micro_batch", phases=("training",)),)
     signatures = (Signature("config", r"FixtureConfigError", deterministic=True),)
 
-    def __init__(self, config: Path):
-        self.config = config
+    def __init__(self, config: Path | None = None, **_ignored):
+        self.config = config or HERE.with_name("supervisor_fixture.yaml")
 
     def default_config(self) -> Path:
         return self.config

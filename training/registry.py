@@ -17,14 +17,29 @@ TRAINERS: dict[str, tuple[str, str]] = {
 }
 
 
+def _plugins(env: dict | None = None) -> dict[str, tuple[str, str]]:
+    """Extra trainers from GRPO_OPS_TRAINERS="name=module:Class,..." (site plugins, test trainers)."""
+    import os
+    spec = (env if env is not None else os.environ).get("GRPO_OPS_TRAINERS", "")
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, target = item.partition("=")
+        module, _, cls = target.partition(":")
+        if not (name and module and cls):
+            raise UserError(f"GRPO_OPS_TRAINERS item {item!r} is malformed; use name=module:Class")
+        out[name] = (module, cls)
+    return out
+
+
 def register(name: str, module: str, cls: str) -> None:
     TRAINERS[name] = (module, cls)
 
 
 def factory(name: str) -> Callable[..., Any]:
-    if name not in TRAINERS:
-        raise UserError(f"unknown trainer {name!r}; valid trainers: {', '.join(TRAINERS)}")
-    module, cls = TRAINERS[name]
+    known = {**TRAINERS, **_plugins()}
+    if name not in known:
+        raise UserError(f"unknown trainer {name!r}; valid trainers: {', '.join(known)}")
+    module, cls = known[name]
     try:
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as err:
