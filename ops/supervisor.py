@@ -105,6 +105,13 @@ class Supervisor:
                     break
                 handlers[self.state]()
             return self._finish()
+        except Exception as err:
+            # A supervisor bug: stop the trainer tree, say so, and leave the journal open for `--resume`.
+            self.journal.append("warning", self.attempt, message=f"supervisor error: {type(err).__name__}: {err}; "
+                                f"continue with `ops run --resume {self.run_id}`")
+            if self._handle is not None:
+                self._handle.terminate(self.opts.grace_s)
+            raise
         finally:
             restore()
             self.journal.close()
