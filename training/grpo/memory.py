@@ -1,0 +1,51 @@
+"""Memory model and peak-memory readings of one rank ("device"). Reads rusage / CUDA stats only.
+
+The start-up line `grpo-ops: memory model: static_mib=S per_sample_mib=A device=D tp=N` lets a
+supervisor plan around OOMs: peak ~= static + max(train_micro_batch_size, logprob_batch_size/3) * A.
+- static: parameters + gradients + AdamW moments of this rank (fp32: 4+4+8 bytes a parameter),
+  plus a frozen reference copy (4 bytes) when the KL penalty is on. Falls as ~1/tp.
+- per sample: activations kept for backward for one training sample of `max_total_sequence_length`
+  tokens: per layer the residual/norm inputs, q/k/v, attention scores and probabilities (heads/tp x L^2),
+  MLP hidden (ffn/tp x L); with activation checkpointing only each layer's input plus one layer's worth.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+
+from training.grpo.model import ModelShape, count_params
+
+MIB = 1024 * 1024
+
+
+def static_mib(shape: ModelShape, kl: bool) -> float:
+    n = count_params(shape)
+    return n * (16 + (4 if kl else 0)) / MIB
+
+
+def per_sample_mib(shape: ModelShape, seq_len: int, act_ckpt: bool, bytes_per: int = 4) -> float:
+    d, f, h, tp, L = shape.hidden_size, shape.ffn_size, shape.num_heads, shape.tp, seq_len
+    layer = 5 * L * d + 4 * L * d / tp + 2 * (h / tp) * L * L + 2 * L * f / tp
+    logits = 3 * L * shape.vocab_size
+    if act_ckpt:
+        total = shape.num_layers * L * d + layer + logits
+    else:
+        total = shape.num_layers * layer + logits
+    return total * bytes_per / MIB
+
+
+def model_line(shape: ModelShape, seq_len: int, act_ckpt: bool, kl: bool, device: torch.device,
+               bf16: bool) -> str:
+    dev = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
+    act = per_sample_mib(shape, seq_len, act_ckpt, 2 if bf16 else 4)
+    return (f"grpo-ops: memory model: static_mib={static_mib(shape, kl):.1f} per_sample_mib={act:.2f} "
+            f"device={dev} tp={shape.tp}")
+
+
+def peak_mib(device: torch.device) -> float:
+    """CUDA: torch.cuda.max_memory_allocated; CPU: this process's ru_maxrss (both since start)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / MIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
