@@ -1,13 +1,15 @@
 """Process checks: `stale_processes` (vLLM workers, Ray daemons and workers, NeMo Gym servers; this user's and
 other users') and `ray_cluster` (the cluster NeMo RL's `ray.init(address="auto")` would attach to), with
 their fixes. Names only classify; a process is a *leftover* (and `--fix` may signal it) only when it is this
-user's AND belongs to the target cluster with no live driver attached, or is orphaned. Other users'
+user's AND belongs to the target cluster with no live driver attached, or is orphaned, or carries the
+GRPO_OPS_RUN_ID marker of a run whose supervisor is gone (its heartbeat.json names a dead pid). Other users'
 processes are reported, never touched. The verdicts are pure over a process table; reading the table,
 the driver logs and signalling are I/O.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -58,19 +60,40 @@ def live_drivers(target: RayTarget | None, table: Mapping[int, ProcInfo]) -> lis
     return sorted(out)
 
 
+RUN_PROCESS = "grpo_ops_run"     # an unclassified process carrying the GRPO_OPS_RUN_ID marker
+
+
+def dead_runs(table: Mapping[int, ProcInfo], results_dir: Path, uid: int) -> set[str]:
+    """Run ids (from this user's processes' GRPO_OPS_RUN_ID markers) whose supervisor is gone: its
+    results/<run>/ops/heartbeat.json names a pid that no longer runs. No heartbeat: unknown, not dead."""
+    dead = set()
+    for run_id in {p.run_id for p in table.values() if p.run_id and p.uid == uid}:
+        try:
+            beat = json.loads((Path(results_dir) / run_id / "ops" / "heartbeat.json").read_text())
+            pid = int(beat["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid not in table:
+            dead.add(run_id)
+    return dead
+
+
 def assess(table: Mapping[int, ProcInfo], target: RayTarget | None, uid: int, skip: set[int],
-           drivers: Sequence[int] = ()) -> list[Finding]:
-    """Every classified process, with whether it is this user's leftover. Pure."""
+           drivers: Sequence[int] = (), dead: set[str] = frozenset()) -> list[Finding]:
+    """Every classified process (and every process of a run whose supervisor died), with whether it is this
+    user's leftover. Pure."""
     members = set(target.members) if target else set()
     findings = []
     for p in table.values():
-        kind = p.kind
+        kind = p.kind or (RUN_PROCESS if p.run_id and p.run_id in dead else None)
         if kind is None or p.pid in skip:
             continue
         mine = p.uid == uid
         orphan = ray_local.orphaned(table, p)
         if not mine:
             leftover, why = False, f"user {p.user}: reported only"
+        elif p.run_id and p.run_id in dead:
+            leftover, why = True, f"grpo-ops run {p.run_id} has no live supervisor"
         elif orphan:
             leftover, why = True, "orphaned (its Ray cluster or parent is gone)"
         elif kind == procs.VLLM_WORKER and p.pid in members:
@@ -100,7 +123,7 @@ def judge_stale(findings: Sequence[Finding]) -> CheckResult:
         {"pid": f.proc.pid, "user": f.proc.user, "kind": f.kind, "mine": f.mine, "leftover": f.leftover,
          "why": f.why, "cmdline": f.proc.cmd[:300]} for f in findings]}
     if left:
-        status = Status.FAIL if any(f.kind == procs.VLLM_WORKER for f in left) else Status.WARN
+        status = Status.FAIL if any(f.kind in (procs.VLLM_WORKER, RUN_PROCESS) for f in left) else Status.WARN
         detail = f"{len(left)} leftover process(es) of yours: " + "; ".join(
             f"{procs.describe(f.proc, 80)} [{f.kind}, {f.why}]" for f in left[:5])
         return CheckResult("stale_processes", status, detail,
@@ -127,16 +150,19 @@ def _observe(ctx: CheckContext) -> tuple[dict[int, ProcInfo], RayTarget | None, 
     return table, target, live_drivers(target, table)
 
 
+def _assess(ctx: CheckContext) -> list[Finding]:
+    table, target, drivers = _observe(ctx)
+    return assess(table, target, ctx.uid, self_pids(table), drivers, dead_runs(table, ctx.results_dir, ctx.uid))
+
+
 @register("stale_processes")
 def check_stale_processes(ctx: CheckContext) -> CheckResult:
-    table, target, drivers = _observe(ctx)
-    return judge_stale(assess(table, target, ctx.uid, self_pids(table), drivers))
+    return judge_stale(_assess(ctx))
 
 
 @register_fix("stop_stale_processes")
 def fix_stale_processes(ctx: CheckContext, dry_run: bool) -> list[str]:
-    table, target, drivers = _observe(ctx)
-    left = [f for f in assess(table, target, ctx.uid, self_pids(table), drivers) if f.leftover]
+    left = [f for f in _assess(ctx) if f.leftover]
     if not left:
         return ["no leftover processes of yours"]
     lines = [f"{'would stop' if dry_run else 'stopping'} {procs.describe(f.proc, 100)} [{f.why}]" for f in left]

@@ -209,7 +209,7 @@ def test_fix_stops_only_this_users_leftovers(ray_head, fresh_ray_head, tmp_path)
         assert not psutil.pid_exists(actor) or psutil.Process(actor).status() == psutil.STATUS_ZOMBIE
         assert not fresh_ray_head.is_alive(), "this user's leftover cluster is stopped by PID"
         assert not (fresh_ray_head.temp_dir / "ray_current_cluster").exists()
-        assert res["stale_processes"]["status"] in ("PASS", "WARN") and p.returncode == 0
+        assert _proc_entry(res["stale_processes"], actor) is None
         assert decoy.poll() is None, "a process that only mentions vllm must survive --fix"
         assert other.poll() is None, "another user's process must survive --fix"
         assert ray_head.is_alive(), "the shared session head is not the target and must survive"
@@ -218,3 +218,36 @@ def test_fix_stops_only_this_users_leftovers(ray_head, fresh_ray_head, tmp_path)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
+
+
+def test_fix_stops_processes_of_a_run_whose_supervisor_died(tmp_path):
+    """The ownership marker: a process carrying GRPO_OPS_RUN_ID of a run whose heartbeat names a dead
+    supervisor is a leftover; the same marker with a live supervisor is left alone."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    runs = {"20261125/embedded/dead_001": gone.pid, "20261125/embedded/live_001": os.getpid()}
+    started = []
+    try:
+        for run_id, supervisor_pid in runs.items():
+            (tmp_path / run_id / "ops").mkdir(parents=True)
+            (tmp_path / run_id / "ops" / "heartbeat.json").write_text(json.dumps({"ts": 1.0, "pid": supervisor_pid}))
+            started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                                            env=dict(os.environ, GRPO_OPS_RUN_ID=run_id), start_new_session=True))
+        dead_proc, live_proc = started
+        args = ["--results-dir", str(tmp_path)]
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+        env["RAY_TMPDIR"] = str(tmp_path / "no-ray")
+        p, doc, res = _ops(env, *args)
+        stale = res["stale_processes"]
+        assert stale["status"] == "FAIL" and _proc_entry(stale, dead_proc.pid)["kind"] == "grpo_ops_run"
+        assert "no live supervisor" in _proc_entry(stale, dead_proc.pid)["why"]
+        assert _proc_entry(stale, live_proc.pid) is None
+        p, doc, res = _ops(env, *args, "--fix")
+        assert dead_proc.wait(timeout=30) is not None
+        assert live_proc.poll() is None
+        assert _proc_entry(res["stale_processes"], dead_proc.pid) is None   # gone after the fix
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
