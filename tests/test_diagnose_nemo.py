@@ -85,3 +85,17 @@ def test_trainer_log_warnings_hook():
     warnings = NemoRLTrainer().log_warnings(growing_memory(steps=5, per_step=1.5), host_limit_gb=24.0)
     assert len(warnings) == 1 and "driver host memory after 'Generation' grew +4.50 GB" in warnings[0]
     assert NemoRLTrainer().log_warnings(CLEAN.lines) == []
+
+
+@pytest.mark.parametrize("line, kind", [
+    ("  ╰─▶ HTTP status client error (429 Too Many Requests) for url (https://pypi.org/simple/torch/)",
+     "uv_rate_limit"),
+    ("huggingface_hub.errors.HfHubHTTPError: 429 Client Error: Too Many Requests for url: https://huggingface.co/a",
+     "hf_rate_limit"),
+    ("  × Failed to download `torch==2.9.0`: 404 Not Found", None),          # not a rate limit
+    ("Step 429/1000 finished; huggingface cache warm", None),
+])
+def test_rate_limit_signatures_tell_uv_from_the_hub(line, kind):
+    import re
+    hits = [s.kind for s in SIGNATURES if s.kind.endswith("rate_limit") and re.search(s.pattern, line)]
+    assert hits == ([kind] if kind else [])

@@ -73,10 +73,11 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("config", r"TORCH_CUDA_ARCH_LIST is not set", True),
     Signature("config", r"Expandable segments are not compatible with memory pool", True),
     Signature("config", r"No enough GPUs for training", True),
-    Signature("uv_rate_limit", r"(?i)(error: Failed to (fetch|download).*|HTTP status client error \(429 Too Many "
-                               r"Requests\).*uv|uv.*429 Too Many Requests|HTTP status client error \(429)"),
-    Signature("hf_rate_limit", r"(?i)(429 Client Error: Too Many Requests.*huggingface|huggingface.*429|"
-                               r"HfHubHTTPError.*429|429 Too Many Requests for url: https://huggingface)"),
+    # uv (venv builds) and the Hub both answer 429; the URL tells them apart.
+    Signature("uv_rate_limit", r"(?i)(HTTP status client error \(429 Too Many Requests\)(?!.*huggingface)|"
+                               r"429 Too Many Requests.*(pypi\.org|pythonhosted\.org|astral\.sh|github\.com))"),
+    Signature("hf_rate_limit", r"(?i)(429 Client Error: Too Many Requests for url: https://huggingface\.co|"
+                               r"HfHubHTTPError: 429|huggingface\.co\S*.*429 Too Many Requests)"),
     Signature("venv_broken", r"\(raylet\) ModuleNotFoundError: No module named 'ray'|have not registered within "
                              r"the timeout"),
     Signature("port_in_use", r"(?i)address already in use"),
