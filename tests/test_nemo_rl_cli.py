@@ -84,3 +84,19 @@ def test_diagnose_with_config_gives_the_nemo_remedy(site):
     assert data["failure"]["kind"] == "vllm_oom" and data["failure"]["phase"] == "generation"
     assert data["remedy"]["action"] == "relaunch"
     assert data["remedy"]["plan_diff"] == {"policy.generation.vllm_cfg.gpu_memory_utilization": [0.8, 0.7]}
+
+
+def test_preflight_json_carries_the_plan_and_the_plus_plus_fix(site):
+    cfg = str(site / "RL/examples/nemo_gym" / WORKPLACE.name)
+    out = ops(site, "preflight", "--trainer", "nemo-rl", "--config", cfg, "--only",
+              "hf_cache,tool_parser_plugin,training_config", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)["results"]}
+    assert rows["training_config"]["data"]["plan"]["dp"] == 4 and rows["hf_cache"]["status"] == "PASS"
+    bad = ops(site, "preflight", "--trainer", "nemo-rl", "--config", cfg, "--only", "training_config", "--",
+              "policy.generation.vllm_cfg.tool_parser_plugin=/p.py")
+    # The CLI loads the config first: a bad override is a usage error (exit 2) in NeMo RL's own words, one line
+    # plus Hydra's hint; in-process, the training_config check FAILs with the ++ fix (test_nemo_rl_checks).
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "Could not override 'policy.generation.vllm_cfg.tool_parser_plugin'" in bad.stderr
+    assert "+policy.generation.vllm_cfg.tool_parser_plugin=/p.py" in bad.stderr
