@@ -91,3 +91,20 @@ def test_supervised_report_renders_in_chromium(oom_hang_run, tmp_path):
     _, root, _, _ = oom_hang_run
     shot = screenshot(root / "ops" / "report.html", tmp_path / "real.png", tmp_path)
     assert has_colour(shot, (31, 119, 180)) and has_colour(shot, (44, 160, 44))
+
+
+def test_wandb_offline_files_of_a_supervised_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}",
+           "GRPO_OPS_TRAINERS": "fixture=supervisor_fixture_trainer:FixtureTrainer"}
+    env.pop("WANDB_API_KEY", None)
+    p = subprocess.run([sys.executable, "-m", "ops.cli", "run", "--trainer", "fixture", "--exp", "e2e/wb",
+                        "--skip-preflight", "--hang-floor-s", "3", "--grace-s", "2", "--wandb", "--",
+                        "steps=6", "step_s=0.2", "hang_at=4"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    data = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))
+    assert b"grpo-ops: recovered" in data and b"ops/failures/hang" in data and b"e2e/wb" in data
