@@ -34,7 +34,16 @@ def _env(hf_home: Path | None) -> dict[str, str]:
 
 @click.group("prepare")
 def prepare() -> None:
-    """Download the model and patch its chat template, as the NeMo RL + Gym tutorial does by hand."""
+    """Download the model and patch its chat template, as the NeMo RL + Gym tutorial does by hand.
+
+    \b
+    Exit codes: 0 complete / patched and verified; 1 verification failed; 2 usage error (bad model, offline
+    with an incomplete cache, the Hub still answering 429 after --attempts).
+    \b
+    Examples:
+      ops prepare model                       download nvidia/NVIDIA-Nemotron-Nano-9B-v2 into $HF_HOME
+      ops prepare chat-template --dry-run     show what the template edits would change
+    """
 
 
 @prepare.command("model")
