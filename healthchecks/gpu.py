@@ -6,9 +6,13 @@ functions of a `GpuSnapshot`. I/O: the reader, the process table (to name GPU ho
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from healthchecks.base import CheckContext, CheckResult, Status, register
 from healthchecks.gpu_seam import GpuInfo, GpuReader, GpuSnapshot, GpuUnavailable, default_reader
@@ -192,8 +196,7 @@ def judge_cuda_arch(gpus: Sequence[GpuInfo], arch_list: str | None,
     return CheckResult("cuda_arch", status, "; ".join(msg for _, msg in problems), fix, data)
 
 
-def torch_arch_flags() -> tuple[list[str] | None, str]:
-    """(arch flags of the importable torch, a description) or (None, why not). I/O: imports torch."""
+def _import_torch_arch_flags() -> tuple[list[str] | None, str]:
     try:
         import torch
     except Exception as err:  # not installed, or broken: the trainer may use its own venv
@@ -204,6 +207,50 @@ def torch_arch_flags() -> tuple[list[str] | None, str]:
     getter = getattr(torch._C, "_cuda_getArchFlags", None)
     flags = (getter() or "").split() if getter else list(torch.cuda.get_arch_list())
     return flags, f"{desc} (CUDA {torch.version.cuda})"
+
+
+def _torch_identity() -> str | None:
+    """Which torch installation `import torch` would load, without importing it: paths, sizes, mtimes."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    parts = []
+    for rel in ("version.py", "_C.cpython*.so", "lib/libtorch_cuda.so", "lib/libtorch_cpu.so"):
+        for f in sorted(root.glob(rel)):
+            st = f.stat()
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts) or None
+
+
+def torch_arch_flags(cache_dir: Path | None = None) -> tuple[list[str] | None, str]:
+    """(arch flags of the importable torch, a description) or (None, why not).
+
+    Importing torch costs 1-3 s, most of a preflight's time, so the answer is cached per torch installation
+    (keyed by its files' paths, sizes and mtimes) under ~/.cache/grpo-ops. I/O: reads/writes the cache,
+    imports torch on a miss.
+    """
+    cache = (cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grpo-ops") \
+        / "torch_arch.json"
+    key = _torch_identity()
+    if key is None:
+        return None, "torch not importable (not installed)"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["flags"], cached["desc"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    flags, desc = _import_torch_arch_flags()
+    if flags is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "flags": flags, "desc": desc}))
+            tmp.replace(cache)
+        except OSError:
+            pass
+    return flags, desc
 
 
 @register("cuda_arch")

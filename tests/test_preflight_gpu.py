@@ -243,3 +243,16 @@ def test_gpu_memory_uses_the_configs_vllm_share(tmp_path):
     p, doc = preflight(fake, tmp_path, "--only", "gpu_memory", "--config", cfg, "--",
                        "policy.generation.vllm_cfg.gpu_memory_utilization=0.5")
     assert by_name(doc)["gpu_memory"]["status"] == "WARN"                      # enough free; a holder remains
+
+
+def test_torch_arch_flags_are_cached_per_torch_installation(tmp_path):
+    flags, desc = gpu.torch_arch_flags(tmp_path)          # imports torch once (a CPU build here: [])
+    cache = tmp_path / "torch_arch.json"
+    doc = json.loads(cache.read_text())
+    assert doc["flags"] == flags and doc["desc"] == desc and "version.py" in doc["key"]
+    doc["flags"] = ["sm_90"]                               # a hit must come from the file, not from torch
+    cache.write_text(json.dumps(doc))
+    assert gpu.torch_arch_flags(tmp_path) == (["sm_90"], desc)
+    doc["key"] = "another torch"
+    cache.write_text(json.dumps(doc))
+    assert gpu.torch_arch_flags(tmp_path) == (flags, desc)  # a different installation: asked again
