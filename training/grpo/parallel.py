@@ -153,7 +153,7 @@ def _wait(procs, cgroups, limit_mib) -> int:
     code = proc.exitcode
     if code < 0:
         kills = oom_kills(cgroups[rank]) if cgroups[rank] is not None else 0
-        detail = f" (memory cgroup limit {limit_mib} MiB exceeded: oom_kill={kills})" if kills else ""
+        detail = f": Memory cgroup out of memory (limit {limit_mib} MiB, oom_kill={kills})" if kills else ""
         print(f"grpo-ops: rank {rank} (pid {proc.pid}) was killed by {signal.Signals(-code).name}{detail}",
               file=sys.stderr, flush=True)
         return 128 - code
