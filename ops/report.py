@@ -71,6 +71,7 @@ class Report:
     series: dict = field(default_factory=dict)     # name -> {attempt: [[step, value], ...]}
     boundaries: tuple[tuple[int, float], ...] = ()  # (attempt, x where it began)
     warnings: tuple[str, ...] = ()
+    preflight: dict | None = None                   # {ok, lines} when the run's preflight ran
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -95,13 +96,17 @@ def build_report(run: RunData, now: float) -> Report:
     criteria = (_reward_criterion(kept.get("reward", [])), _accuracy_criterion(kept.get("accuracy", [])),
                 _oom_criterion(attempts), _checkpoint_criterion(run, steps_done), _top_k_criterion(run, best))
     warnings = [f"{run.bad_lines} journal line(s) were not valid JSON and were skipped"] if run.bad_lines else []
+    warnings += [redact(f"attempt {r.get('attempt')}: {r['message']}") for r in recs
+                 if r.get("kind") == "warning" and r.get("message")]
+    pre = next((r for r in recs if r.get("kind") in ("eval", "warning") and r.get("what") == "preflight"), None)
     return Report(
         run_id=str(first.get("run_id") or (run.state or {}).get("run_id") or run.paths.root.name),
         root=str(run.paths.root), trainer=str(first.get("trainer") or (run.state or {}).get("trainer") or "?"),
         verdict=verdict, verdict_line=redact(line), steps_done=steps_done, total_steps=total,
         wall_s=(end or {}).get("wall_s", g.wall_s), criteria=criteria, attempts=attempts, goodput=g.to_json(),
         best_checkpoints=tuple(best), evals=tuple(_evals(run.evals)), series=series,
-        boundaries=tuple((a.attempt, (a.resume_from_step or 0) + 0.5) for a in attempts), warnings=tuple(warnings))
+        boundaries=tuple((a.attempt, (a.resume_from_step or 0) + 0.5) for a in attempts), warnings=tuple(warnings),
+        preflight={"ok": bool(pre.get("ok")), "lines": [redact(str(x)) for x in pre.get("lines") or ()]} if pre else None)
 
 
 def _attempt_views(recs) -> list[AttemptView]:
@@ -287,6 +292,9 @@ def fmt_s(v) -> str:
 
 def render_markdown(r: Report, html_path: Path | None = None) -> str:
     lines = [f"# grpo-ops report: {r.run_id}", "", f"**{r.verdict_line}**", ""]
+    if r.preflight is not None:
+        lines += [f"Preflight: {'passed' if r.preflight['ok'] else 'FAILED'}"
+                  + "".join(f"\n- {x}" for x in r.preflight["lines"]), ""]
     lines += ["## Success criteria", "", "| criterion | status | detail |", "|---|---|---|"]
     lines += [f"| {c.name} | {c.status} | {c.detail} |" for c in r.criteria]
     g = r.goodput

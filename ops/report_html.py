@@ -37,6 +37,9 @@ _TEMPLATE = r"""<!doctype html>
  &middot; generated {{ generated }}</div>
 <p class="verdict {{ vclass }}" id="verdict">{{ r.verdict_line }}</p>
 {% for w in r.warnings %}<p class="WARN">warning: {{ w }}</p>{% endfor %}
+{% if r.preflight is not none %}<p id="preflight">Preflight: <span class="{{ 'PASS' if r.preflight.ok else 'FAIL' }}">
+{{ "passed" if r.preflight.ok else "FAILED" }}</span>{% if r.preflight.lines %} &middot; {{ r.preflight.lines|length }}
+ note(s):{% endif %}</p>{% for l in r.preflight.lines %}<pre>{{ l }}</pre>{% endfor %}{% endif %}
 
 <h2>Success criteria</h2>
 <table id="criteria"><tr><th>criterion</th><th>status</th><th>detail</th></tr>

@@ -122,3 +122,19 @@ def test_settings_from_a_real_nemo_rl_config_with_overrides():
                                                           "overrides": ["++grpo.max_num_steps=3"]}}])
     assert (s.save_period, s.keep_top_k, s.max_num_steps, s.metric_name) == (6, 3, 3, "val:accuracy")
     assert s.model_name and "Nemotron" in s.model_name
+
+
+def test_preflight_and_supervisor_warnings_are_shown(tmp_path):
+    root = hang_then_recover(tmp_path / "run")
+    journal = root / "ops" / "journal.jsonl"
+    lines = [x for x in journal.read_text().splitlines(keepends=True) if x.endswith("\n")]
+    extra = [{"seq": 100, "kind": "eval", "attempt": 0, "what": "preflight", "ok": True,
+              "lines": [f"WARN hf_cache: token HF_TOKEN={SECRET} (fix: unset it)"]},
+             {"seq": 101, "kind": "warning", "attempt": 2, "message": "step count did not continue from step 4"}]
+    journal.write_text("".join(lines[:2] + [json.dumps(e) + "\n" for e in extra] + lines[2:]))
+    r = build_report(load_run(root), now=T0 + 100)
+    assert r.preflight["ok"] and "HF_TOKEN=***" in r.preflight["lines"][0]
+    assert "attempt 2: step count did not continue from step 4" in r.warnings
+    md = render_markdown(r)
+    assert "Preflight: passed" in md and SECRET not in md
+    assert r.evals == ()                         # the preflight's eval record is not a post-run evaluation
