@@ -26,6 +26,7 @@ def preflight(fake: FakeGpuReader | None, tmp_path, *args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k not in ("TORCH_CUDA_ARCH_LIST", "CUDA_VISIBLE_DEVICES")}
     if fake is not None:
         env["GRPO_OPS_FAKE_GPU"] = str(fake.dump(tmp_path / "gpu.json"))
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")     # the torch arch cache stays in the test's dir
     env.update(env_extra or {})
     p = subprocess.run([sys.executable, "-m", "ops.cli", "preflight", "--json", *args], env=env,
                        capture_output=True, text=True, timeout=120)
