@@ -21,7 +21,8 @@ REDACTED = "***"
 # Token shapes: HF (hf_...), W&B (40 hex), Slack (xox?-), GitHub (ghp_), generic "key=..." pairs.
 _TOKEN_PATTERNS = [
     re.compile(r"hf_[A-Za-z0-9]{20,}"),
-    re.compile(r"\b[0-9a-f]{40}\b"),
+    # 40 hex (a W&B key), but not a path component: HF snapshot dirs are 40-hex commit ids.
+    re.compile(r"(?<![/\w.-])[0-9a-f]{40}(?![/\w])"),
     re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}"),
     re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"),
     re.compile(r"(?i)((?:api[_-]?key|token|secret|password)\s*[=:]\s*)([^\s'\",]+)"),

@@ -33,3 +33,9 @@ def test_redact_env_and_token_shapes():
     assert logs.redact_env({"HF_TOKEN": "x", "MY_SECRET": "y", "PATH": "/bin"}) == \
         {"HF_TOKEN": "***", "MY_SECRET": "***", "PATH": "/bin"}
     assert logs.redact("api_key=abc123 and ghp_" + "a" * 30) == "api_key=*** and ***"
+
+
+def test_snapshot_commit_in_a_path_is_not_a_secret():
+    path = "/hf/hub/models--nvidia--m/snapshots/" + "a" * 40 + "/nemotron_toolcall_parser_no_streaming.py"
+    assert logs.redact(path) == path
+    assert logs.redact("key " + "b" * 40 + " end") == "key *** end"
