@@ -182,10 +182,14 @@ def _gen_mem(knob: Knob, f: Failure, ctx: PlanContext) -> Proposal:
 
 
 def _halve(knob: Knob, f: Failure, ctx: PlanContext) -> Proposal:
+    """Half, else three quarters, else one less: the first the trainer's constraints allow."""
     v = cfg_get(ctx.cfg, knob.key)
     if not isinstance(v, int) or v <= 1:
         return None
-    return {knob.key: v // 2}, f"{knob.key} {v} -> {v // 2}"
+    for new in dict.fromkeys((v // 2, v * 3 // 4, v - 1)):
+        if 1 <= new < v and not ctx.violations(cfg_with(ctx.cfg, {knob.key: new})):
+            return {knob.key: new}, f"{knob.key} {v} -> {new}"
+    return None
 
 
 REMEDIES: dict[str, Callable[[Knob, Failure, PlanContext], Proposal]] = {
@@ -197,6 +201,7 @@ REMEDIES: dict[str, Callable[[Knob, Failure, PlanContext], Proposal]] = {
     "offload": _enable,
     "gen_mem": _gen_mem,
     "prompts": _halve,
+    "seq_len": _halve,
 }
 
 
