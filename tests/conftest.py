@@ -22,3 +22,13 @@ def fresh_ray_head() -> RayHead:
     yield head
     head.stop()
     remove_tree(head)
+
+
+@pytest.fixture(scope="session")
+def ray_two_nodes():
+    """A head plus a second node joined with `ray start --address` (tests/ray_nodes.py), each with its own
+    custom resource (`grpo_test_head`, `grpo_test_node1`); for the Ray job backend and cluster preflight."""
+    from ray_nodes import start_cluster, stop_cluster
+    cluster = start_cluster(extra_nodes=1)
+    yield cluster
+    stop_cluster(cluster)
