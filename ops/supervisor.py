@@ -143,9 +143,12 @@ class Supervisor:
                 self._to(State.FAILED_PREFLIGHT, "preflight FAIL: " + "; ".join(lines)[:500])
                 return
         try:
-            self.spec.resolve(self.plan)
+            problems = self.spec.constraint_violations(self.spec.resolve(self.plan), self.opts.gpus)
         except UserError as err:
             self._to(State.FAILED_CONFIG, f"config does not resolve: {err}")
+            return
+        if problems:   # a plan the trainer would refuse: say so before spending a launch on it
+            self._to(State.FAILED_CONFIG, "config breaks the trainer's constraints: " + "; ".join(problems))
             return
         self._to(State.LAUNCHING, "preflight passed" if self.preflight else "preflight skipped")
 
