@@ -14,6 +14,7 @@ CHECK_MODULES = [
     "healthchecks.processes",    # stale_processes, ray_cluster
     "healthchecks.host",         # host, wandb
     "healthchecks.nemo_rl_checks",  # hf_cache, chat_template, tool_parser_plugin, training_config (NeMo RL runs)
+    "healthchecks.container",    # container: /dev/shm, GPU visible, ulimits (inside a container only)
 ]
 
 
