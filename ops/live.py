@@ -66,7 +66,7 @@ def describe_record(r: dict) -> str | None:
     """One line for the events panel, or None for records too frequent to show (progress)."""
     kind, ts = r.get("kind"), str(r.get("ts", ""))[11:19]
     if kind == "transition":
-        return f"{ts} {r.get('from')} -> {r.get('to')}: {r.get('reason', '')}"
+        return f"{ts} {r.get('from') or 'start'} -> {r.get('to')}: {r.get('reason', '')}"
     if kind == "attempt_start":
         return f"{ts} attempt {r.get('attempt')} launched (resume from {r.get('resume_from_step')})"
     if kind == "attempt_end":
