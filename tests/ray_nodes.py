@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -190,3 +191,4 @@ def stop_cluster(cluster: RayCluster, grace_s: float = 10.0) -> None:
             node.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
