@@ -10,8 +10,10 @@ cluster only (found by its session dir / GCS address, see `ops.ray_local`), neve
     head.env                            # environment for a driver / `ops` subprocess targeting this head
     head.stop()
 
-To add a worker node (e.g. for Ray-jobs tests), `head.add_node(resources={...})` runs `ray start
---address=<gcs>` with the same temp dir and env; `stop()` stops it too (its daemons name the same GCS address).
+A second node: `ray start --address` refuses to join while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with the
+refusal lifted the joiner rewrites 127.0.0.1 to the VM's eth0 address and never reaches this head's GCS
+(tried: 60 s timeout). tests/ray_nodes.py (Ray jobs) starts its multi-node clusters its own way; `stop()` here
+kills every process naming this head's session dir or GCS address, so nodes joined to it are stopped too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ops import procs, ray_local
@@ -50,7 +52,6 @@ class RayHead:
     temp_dir: Path               # Ray's temp dir (contains session_*/ and ray_current_cluster)
     env: dict[str, str]          # os.environ + RAY_TMPDIR, RAY_ADDRESS, loopback settings
     session_dir: str | None = None
-    extra_nodes: list[str] = field(default_factory=list)
 
     def members(self) -> list[int]:
         return ray_local.cluster_members(procs.snapshot(with_markers=False), self.session_dir,
@@ -60,15 +61,6 @@ class RayHead:
         table = procs.snapshot(with_markers=False)
         return any(table[p].kind == procs.RAY_DAEMON and "gcs_server" in table[p].cmdline[0]
                    for p in ray_local.cluster_members(table, self.session_dir, self.gcs_address))
-
-    def add_node(self, resources: dict | None = None, num_cpus: int = 1) -> None:
-        """Start another raylet on this machine joined to this head (same temp dir, free ports)."""
-        args = [RAY, "start", f"--address={self.gcs_address}", f"--num-cpus={num_cpus}",
-                "--disable-usage-stats", f"--resources={json.dumps(resources or {})}",
-                *_ports_args("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-                             "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")]
-        subprocess.run(args, env=self.env, check=True, capture_output=True, text=True, timeout=120)
-        self.extra_nodes.append(args[-1])
 
     def stop(self, grace_s: float = 2.0) -> list[str]:
         """Kill this cluster's processes by PID (SIGTERM, then SIGKILL after `grace_s`)."""
