@@ -149,8 +149,8 @@ def _batch_down(knob: Knob, f: Failure, ctx: PlanContext) -> Proposal:
 
 def _tp_up(knob: Knob, f: Failure, ctx: PlanContext) -> Proposal:
     tp = cfg_get(ctx.cfg, knob.key)
-    if not isinstance(tp, int) or tp < 1:
-        return None
+    if not isinstance(tp, int) or tp < 1 or f.kind in ("host_oom", "cpu_oom"):
+        return None                                      # more ranks split device memory, not the host's
     new = tp * 2
     if f.family == "oom":
         fit = estimate_fit(f, 1, None)

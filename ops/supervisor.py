@@ -170,6 +170,7 @@ class Supervisor:
         except UserError as err:
             self._to(State.FAILED_CONFIG, f"cannot start the trainer: {err}")
             return
+        self._last_mem = None
         self.watch = AttemptWatch(clock=HangClock(self.opts.hang_factor, self.opts.hang_floor_s,
                                                   self.opts.startup_timeout_s, started_at=t0))
         self._attempt_t0, self._resume_step = t0, resume_step
@@ -250,6 +251,7 @@ class Supervisor:
                 fatal_at = fatal_at or (self.clock() if _looks_fatal(line) else None)
             exit_ = h.poll()
             if exit_ is not None:
+                self._sample(h)                        # the cgroup's numbers, before it is removed
                 for line in self._tail.read_lines():   # what it printed on the way out
                     buf.add(line)
                     self._observe_line(line)

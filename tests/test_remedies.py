@@ -199,3 +199,9 @@ def test_parse_deadline_next_occurrence():
         make_budget(3, "7pm", now)
     with pytest.raises(UserError, match="max-attempts"):
         make_budget(0, None, now)
+
+
+def test_host_oom_never_raises_tp():
+    cfg = {**CFG, "gpus": 4}
+    f = Failure("host_oom", "killed", False, "training", {"limit_mib": 1000.0})
+    assert decide(f, c=ctx(cfg)).remedy == "micro_batch"
