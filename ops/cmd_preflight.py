@@ -28,6 +28,7 @@ Examples:
   ops preflight --json --skip wandb     machine-readable
   ops preflight --fix --dry-run         show what --fix would stop (only your own leftovers)
   ops preflight --config grpo.yaml -- cluster.gpus_per_node=8 ++policy.x=1
+  ops preflight --ray-address http://HEAD:8265   every alive node of a Ray cluster, one row per node/check
 """
 
 STATUS_STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.UNKNOWN: "cyan"}
@@ -136,12 +137,16 @@ def render_table(results: Sequence[CheckResult], fix_lines: Sequence[str], file=
     file = file or sys.stdout
     console = Console(file=file, width=None if file.isatty() else 160, highlight=False, soft_wrap=False)
     table = Table(show_lines=False, expand=False)
+    per_node = any(r.node for r in results)     # results from `--ray-address`: say which node each is from
+    if per_node:
+        table.add_column("node", no_wrap=True)
     for col, kw in (("check", {"no_wrap": True}), ("status", {"no_wrap": True}), ("detail", {"ratio": 3}),
                     ("fix", {"ratio": 2})):
         table.add_column(col, **kw)
     for r in results:
         j = _redacted(r)
-        table.add_row(r.name, f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]", _esc(j["detail"]), _esc(j["fix"]))
+        table.add_row(*([_esc(r.node or "")] if per_node else []), r.name,
+                      f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]", _esc(j["detail"]), _esc(j["fix"]))
     console.print(table)
     for line in fix_lines:
         console.print(_esc(redact(line)))
@@ -169,17 +174,26 @@ def _esc(text: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {results: [...], summary: {...}}.")
 @click.option("--fix", is_flag=True, help="Apply safe fixes to your own leftovers, then check again.")
 @click.option("--dry-run", is_flag=True, help="With --fix: print what would be done, do nothing.")
+@click.option("--ray-address", metavar="URL", help="Run the checks on every alive node of this Ray cluster "
+              "(its dashboard / Jobs API URL, http://HEAD:8265); results per node.")
 @click.argument("overrides", nargs=-1, metavar="[-- OVERRIDES]")
 def command(only, skip, gpus, require_gpu, results_dir, config, trainer, min_free_gpu_mib, min_free_disk_gib,
-            as_json, fix, dry_run, overrides):
+            as_json, fix, dry_run, ray_address, overrides):
     from healthchecks import runner
 
     if dry_run and not fix:
         raise UserError("--dry-run only applies to --fix; use: ops preflight --fix --dry-run")
+    if fix and ray_address:
+        raise UserError("--fix acts on this node only; drop --ray-address, or run `ops preflight --fix` on the "
+                        "node that failed")
     ctx = build_context(gpus, require_gpu, results_dir, config, overrides, trainer, min_free_gpu_mib,
                         min_free_disk_gib)
     only_names, skip_names = _names(only), _names(skip)
-    results = runner.run_preflight(ctx, only_names, skip_names)
+    if ray_address:
+        from healthchecks.cluster import cluster_preflight
+        results = cluster_preflight(ray_address, ctx, only_names, skip_names)
+    else:
+        results = runner.run_preflight(ctx, only_names, skip_names)
     fix_lines: list[str] = []
     if fix:
         fix_lines = runner.apply_fixes(ctx, results, dry_run) or ["nothing to fix"]

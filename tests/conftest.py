@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from ray_cluster import RayHead, remove_tree, start_head
@@ -27,8 +29,19 @@ def fresh_ray_head() -> RayHead:
 @pytest.fixture(scope="session")
 def ray_two_nodes():
     """A head plus a second node joined with `ray start --address` (tests/ray_nodes.py), each with its own
-    custom resource (`grpo_test_head`, `grpo_test_node1`); for the Ray job backend and cluster preflight."""
+    custom resource (`grpo_test_head`, `grpo_test_node1`); for the Ray job backend and cluster preflight.
+    Each node's daemons carry their own fake GPU (GRPO_OPS_FAKE_GPU): the head a healthy H100, node1 one with
+    uncorrected ECC errors, so a cluster preflight has a node to name."""
+    import tempfile
+    from pathlib import Path
+
+    from healthchecks.fake_gpu import FakeGpuReader
     from ray_nodes import start_cluster, stop_cluster
-    cluster = start_cluster(extra_nodes=1)
+    gpus = Path(tempfile.mkdtemp(prefix="grpo-ray-gpus-", dir="/tmp"))
+    FakeGpuReader.healthy(1).dump(gpus / "head.json")
+    FakeGpuReader.ecc_errors(1).dump(gpus / "node1.json")
+    cluster = start_cluster(extra_nodes=1, node_env={"head": {"GRPO_OPS_FAKE_GPU": str(gpus / "head.json")},
+                                                     "node1": {"GRPO_OPS_FAKE_GPU": str(gpus / "node1.json")}})
     yield cluster
     stop_cluster(cluster)
+    shutil.rmtree(gpus, ignore_errors=True)

@@ -117,10 +117,13 @@ def _wait_dashboard(url: str, deadline: float) -> None:
     raise RuntimeError(f"Ray dashboard at {url} did not answer")
 
 
-def start_cluster(extra_nodes: int = 1, num_cpus: int = 2, timeout_s: float = 180.0) -> RayCluster:
-    """Start a head and `extra_nodes` more nodes; return once the dashboard answers and all nodes are alive."""
+def start_cluster(extra_nodes: int = 1, num_cpus: int = 2, timeout_s: float = 180.0,
+                  node_env: dict[str, dict[str, str]] | None = None) -> RayCluster:
+    """Start a head and `extra_nodes` more nodes; return once the dashboard answers and all nodes are alive.
+    `node_env` adds variables to one node's daemons (and so its workers), by node name ("head", "node1")."""
     temp_dir = Path(tempfile.mkdtemp(prefix="grpo-ray-", dir="/tmp"))
     env = cluster_env(temp_dir)
+    node_env = node_env or {}
     gcs, dash, client, agent = free_ports(4)
     lo, hi = _worker_port_range()
     cluster = RayCluster(address=f"http://127.0.0.1:{dash}", gcs_address=f"127.0.0.1:{gcs}", temp_dir=temp_dir)
@@ -129,7 +132,8 @@ def start_cluster(extra_nodes: int = 1, num_cpus: int = 2, timeout_s: float = 18
                  f"--dashboard-agent-listen-port={agent}", f"--min-worker-port={lo}", f"--max-worker-port={hi}",
                  f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
                  "--resources", json.dumps({"grpo_test_head": 1})]
-    cluster.nodes.append(RayNode("head", "grpo_test_head", _start_node(head_args, env, temp_dir / "head.out")))
+    cluster.nodes.append(RayNode("head", "grpo_test_head", _start_node(head_args, {**env, **node_env.get("head", {})},
+                                                                     temp_dir / "head.out")))
     deadline = time.monotonic() + timeout_s
     try:
         _wait_dashboard(cluster.address, deadline)
@@ -141,7 +145,8 @@ def start_cluster(extra_nodes: int = 1, num_cpus: int = 2, timeout_s: float = 18
                     f"--dashboard-agent-listen-port={agent_i}", f"--min-worker-port={lo}",
                     f"--max-worker-port={hi}", f"--num-cpus={num_cpus}", "--disable-usage-stats",
                     "--resources", json.dumps({res: 1})]
-            cluster.nodes.append(RayNode(f"node{i}", res, _start_node(args, env, temp_dir / f"node{i}.out")))
+            cluster.nodes.append(RayNode(f"node{i}", res, _start_node(args, {**env, **node_env.get(f"node{i}", {})},
+                                                                  temp_dir / f"node{i}.out")))
         while _alive_nodes(cluster.gcs_address, env) < extra_nodes + 1:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only some Ray nodes came up; see {temp_dir}/*.out")
