@@ -33,8 +33,14 @@ def detect() -> tuple[str, Path]:
     raise CgroupUnavailable("no memory cgroup controller found under /sys/fs/cgroup (v1 or v2)")
 
 
-def safe_name(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
+def safe_name(run_id: str, run_dir: str | None = None) -> str:
+    """The run's cgroup directory name; with `run_dir`, a hash of it keeps two results/ trees holding the
+    same experiment name apart."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
+    if run_dir:
+        import hashlib
+        name += "-" + hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]
+    return name
 
 
 @dataclass
@@ -43,9 +49,9 @@ class MemoryCgroup:
     path: Path
 
     @classmethod
-    def create(cls, run_id: str, attempt: int, limit_mib: int) -> "MemoryCgroup":
+    def create(cls, run_id: str, attempt: int, limit_mib: int, run_dir: str | None = None) -> "MemoryCgroup":
         version, root = detect()
-        path = root / PARENT / safe_name(run_id) / f"attempt-{attempt}"
+        path = root / PARENT / safe_name(run_id, run_dir) / f"attempt-{attempt}"
         try:
             path.mkdir(parents=True, exist_ok=True)
             cg = cls(version, path)
@@ -125,13 +131,13 @@ class MemoryCgroup:
         return True
 
 
-def stale_cgroups(run_id: str) -> list[Path]:
+def stale_cgroups(run_id: str, run_dir: str | None = None) -> list[Path]:
     """Attempt cgroups of `run_id` left behind (e.g. by a killed supervisor)."""
     try:
         _, root = detect()
     except CgroupUnavailable:
         return []
-    base = root / PARENT / safe_name(run_id)
+    base = root / PARENT / safe_name(run_id, run_dir)
     return sorted(p for p in base.glob("attempt-*") if p.is_dir()) if base.is_dir() else []
 
 

@@ -28,7 +28,7 @@ _PARAM = {"docker": "docker_image"}     # cli key -> click parameter name, where
 EXIT_HELP = "Exit codes: 0 the run SUCCEEDED (or --dry-run/--detach), 1 it ended failed or cancelled, 2 usage error."
 
 
-def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int | None):
+def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int | None, run_dir: Path):
     """The backend by flag; Docker and Ray backends are imported only when asked for."""
     if docker and ray_address:
         raise UserError("--docker and --ray-address exclude each other; pick one backend")
@@ -46,7 +46,7 @@ def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int 
             raise UserError(f"--ray-address needs ops.backends.ray_job, which is not available ({err})") from None
         return RayJobBackend(address=ray_address)
     from ops.backends.local import LocalBackend
-    return LocalBackend(memory_limit_mib=memory_limit_mib)
+    return LocalBackend(memory_limit_mib=memory_limit_mib, run_dir=run_dir)
 
 
 def _preflight_runner(spec_name: str, plan: Plan, results: Path, gpus: int | None):
@@ -199,7 +199,7 @@ def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run
 
 
 def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, options, results) -> int:
-    backend = _backend(cli.get("docker"), cli.get("ray_address"), cli.get("memory_limit_mib"))
+    backend = _backend(cli.get("docker"), cli.get("ray_address"), cli.get("memory_limit_mib"), paths.root.absolute())
     paths.ops_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(paths, exp):
         _events_log(paths.ops_dir / "events.log")
@@ -347,7 +347,7 @@ def clean_command(exp, results, dry_run):
         raise UserError(f"experiment {exp!r} has a live supervisor; stop it first (SIGTERM its pid, see "
                         f"`ops status {exp}`)")
     from ops.backends.local import LocalBackend
-    lines = LocalBackend().cleanup(exp, dry_run=dry_run)
+    lines = LocalBackend(run_dir=paths.root.absolute()).cleanup(exp, dry_run=dry_run)
     click.echo("\n".join(lines) if lines else f"{exp}: nothing left to clean")
     return 0
 

@@ -361,7 +361,8 @@ class Supervisor:
     def _make_launch(self) -> Launch:
         base = {**self.opts.base_env, **self.extra_env}
         launch = self.spec.launch(self.plan, self.paths, base, first=self.attempt == 1)
-        env = {**launch.env, "GRPO_OPS_RUN_ID": self.run_id, "GRPO_OPS_ATTEMPT": str(self.attempt)}
+        env = {**launch.env, "GRPO_OPS_RUN_ID": self.run_id, "GRPO_OPS_ATTEMPT": str(self.attempt),
+               "GRPO_OPS_RUN_DIR": str(self.paths.root.absolute())}
         return replace(launch, env=env, labels={**launch.labels, "exp": self.run_id, "attempt": str(self.attempt)})
 
     def _to(self, to: State, reason: str) -> None:

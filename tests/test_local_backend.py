@@ -108,20 +108,24 @@ def test_memory_limit_kills_and_counts_oom(tmp_path):
 
 def test_cleanup_kills_only_own_marker(tmp_path):
     sleeper = [PY, "-c", "import time; time.sleep(120)"]
-    own = subprocess.Popen(sleeper, env={**os.environ, "GRPO_OPS_RUN_ID": "mine", "GRPO_OPS_ATTEMPT": "1"},
-                           start_new_session=True)
+    mine = {"GRPO_OPS_RUN_ID": "mine", "GRPO_OPS_RUN_DIR": str(tmp_path / "a")}
+    own = subprocess.Popen(sleeper, env={**os.environ, **mine, "GRPO_OPS_ATTEMPT": "1"}, start_new_session=True)
     other = subprocess.Popen(sleeper, env={**os.environ, "GRPO_OPS_RUN_ID": "mine-2"}, start_new_session=True)
+    twin = subprocess.Popen(sleeper, env={**os.environ, **mine, "GRPO_OPS_RUN_DIR": str(tmp_path / "b")},
+                            start_new_session=True)                      # same name, other results tree
     plain = subprocess.Popen(sleeper, start_new_session=True)
+    backend = LocalBackend(run_dir=tmp_path / "a")
     try:
-        dry = LocalBackend().cleanup("mine", dry_run=True)
+        dry = backend.cleanup("mine", dry_run=True)
         assert any(str(own.pid) in ln for ln in dry) and own.poll() is None
-        lines = LocalBackend().cleanup("mine")
+        lines = backend.cleanup("mine")
         assert any(f"SIGTERM pid {own.pid}" in ln for ln in lines)
         assert own.wait(timeout=10) is not None
-        assert other.poll() is None and plain.poll() is None
+        assert other.poll() is None and plain.poll() is None and twin.poll() is None
         assert not any(str(other.pid) in ln or str(plain.pid) in ln for ln in lines)
+        assert any(str(twin.pid) in ln and "not ours" in ln for ln in lines)
     finally:
-        for p in (own, other, plain):
+        for p in (own, other, twin, plain):
             if p.poll() is None:
                 p.kill()
             p.wait()

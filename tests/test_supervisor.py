@@ -25,7 +25,7 @@ def make(tmp_path, overrides=(), budget=None, memory_limit_mib=None, listeners=(
     cfg = tmp_path / "fixture.yaml"
     cfg.write_text("steps: 4\n")
     paths = RunPaths(tmp_path / "results" / "exp1")
-    sup = Supervisor(FixtureTrainer(cfg), LocalBackend(memory_limit_mib), paths, Plan(cfg, tuple(overrides)),
+    sup = Supervisor(FixtureTrainer(cfg), LocalBackend(memory_limit_mib, paths.root.absolute()), paths, Plan(cfg, tuple(overrides)),
                      budget or MaxAttempts(4), run_id=f"test-{tmp_path.name}", listeners=listeners,
                      options=SupervisorOptions(**{**FAST, **opts}))
     return sup, paths

@@ -100,7 +100,7 @@ def test_sigterm_stops_the_whole_tree(tmp_path):
 
 
 def test_sigkill_then_resume_finishes(tmp_path):
-    proc = start(tmp_path, "run", *FIX, "--exp", "e/kill", "--", "steps=8", "step_s=0.3")
+    proc = start(tmp_path, "run", *FIX, "--exp", "e/kill", "--", "steps=40", "step_s=0.2")
     assert wait_for(lambda: (state(tmp_path, "e/kill").get("step") or 0) >= 2)
     proc.kill()
     proc.wait()

@@ -102,13 +102,30 @@ class LocalHandle:
         return d
 
 
+RUN_DIR_VAR = "GRPO_OPS_RUN_DIR"     # the run's absolute results/<exp>: experiment names repeat across trees
+
+
+def _run_dir_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(RUN_DIR_VAR.encode() + b"="):
+                    return item.split(b"=", 1)[1].decode(errors="replace")
+    except OSError:
+        return None
+    return None
+
+
 class LocalBackend:
+    """`run_dir` (the run's absolute results/<exp>) narrows cleanup to this run's processes and cgroups: two
+    results/ trees may hold the same experiment name."""
     name = "local"
 
-    def __init__(self, memory_limit_mib: int | None = None):
+    def __init__(self, memory_limit_mib: int | None = None, run_dir: str | Path | None = None):
         if memory_limit_mib is not None and memory_limit_mib < 16:
             raise UserError(f"--memory-limit-mib {memory_limit_mib} is too small; give at least 16 MiB")
         self.memory_limit_mib = memory_limit_mib
+        self.run_dir = str(run_dir) if run_dir is not None else None
 
     def spawn(self, launch: Launch, log_path: Path) -> LocalHandle:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +135,8 @@ class LocalBackend:
             run_id = launch.labels.get("exp") or launch.env.get(procs.RUN_ID_VAR, "run")
             attempt = int(launch.labels.get("attempt") or launch.env.get(procs.ATTEMPT_VAR, 0))
             try:
-                cgroup = MemoryCgroup.create(run_id, attempt, self.memory_limit_mib)
+                cgroup = MemoryCgroup.create(run_id, attempt, self.memory_limit_mib,
+                                             launch.env.get(RUN_DIR_VAR) or self.run_dir)
             except CgroupUnavailable as err:
                 raise UserError(f"--memory-limit-mib needs a memory cgroup: {err} (run as root, or drop the flag)")
             argv = ["/bin/sh", "-c", _SHIM, str(cgroup.procs_file), *argv]
@@ -140,11 +158,14 @@ class LocalBackend:
         table = procs.snapshot(with_markers=True)
         me = os.getpid()
         spare = {me, *procs.ancestors(table, me)}
-        owned = [p for p in table.values() if p.run_id == run_id and p.pid not in spare]
+        marked = [p for p in table.values() if p.run_id == run_id and p.pid not in spare]
+        owned = [p for p in marked if self.run_dir is None or _run_dir_of(p.pid) == self.run_dir]
         lines = [f"leftover of this run: {procs.describe(p)}" for p in owned]
+        lines += [f"not ours (same experiment name, other results dir): {procs.describe(p)}"
+                  for p in marked if p not in owned]
         if owned:
             lines += procs.terminate_pids(owned, grace_s=5.0, dry_run=dry_run)
-        for path in stale_cgroups(run_id):
+        for path in stale_cgroups(run_id, self.run_dir):
             if dry_run:
                 lines.append(f"would remove stale cgroup {path}")
                 continue
