@@ -59,7 +59,13 @@ def gpus_from_config(config: Path, overrides: Sequence[str]) -> int | None:
 
     from training.config import load_config
     try:
-        value = OmegaConf.select(load_config(config, overrides), "cluster.gpus_per_node", default=None)
+        try:
+            cfg = load_config(config, overrides)
+        except UserError:
+            # A bad override is the training_config check's FAIL (with NeMo RL's text and the `++` fix),
+            # not a usage error: read the GPU count from the YAML alone.
+            cfg = load_config(config, ())
+        value = OmegaConf.select(cfg, "cluster.gpus_per_node", default=None)
     except UserError:
         raise
     except Exception as err:

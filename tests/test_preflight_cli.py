@@ -172,3 +172,15 @@ def test_check_result_json_round_trip():
     r = CheckResult("x", Status.WARN, "d", "f", {"a": 1}, "fix")
     assert r.to_json() == {"name": "x", "status": "WARN", "detail": "d", "fix": "f", "data": {"a": 1},
                            "fix_id": "fix", "node": None}
+
+
+def test_bad_override_is_the_training_config_fail_not_a_usage_error():
+    import subprocess
+    import sys
+    from pathlib import Path
+    cfg = Path(__file__).parent / "fixtures/nemo_rl/grpo_workplace_assistant_nemotron_nano_v2_9b.yaml"
+    p = subprocess.run([sys.executable, "-m", "ops.cli", "preflight", "--json", "--trainer", "nemo-rl",
+                        "--config", str(cfg), "--only", "training_config", "--", "policy.no_such=1"],
+                       capture_output=True, text=True)
+    assert p.returncode == 1, p.stderr
+    assert "++policy.no_such=1" in p.stdout
