@@ -64,6 +64,7 @@ def _preflight_runner(spec_name: str, plan: Plan, results: Path, gpus: int | Non
         checks = run_preflight(ctx)
         lines = [f"{r.status.value} {r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else "")
                  for r in checks if r.status is not Status.PASS]
+        lines.sort(key=lambda ln: not ln.startswith("FAIL"))     # the reason first
         return not any(r.status is Status.FAIL for r in checks), lines
     return run
 
@@ -203,7 +204,10 @@ def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, opti
     paths.ops_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(paths, exp):
         _events_log(paths.ops_dir / "events.log")
-        preflight = None if skip_preflight else _preflight_runner(spec.name, plan, results, cli.get("gpus"))
+        gpus = cli.get("gpus")
+        if gpus is None and spec.name == "embedded" and _gpu_reader() is None:
+            gpus = 0              # the embedded workload runs on the CPU here: no check may demand a GPU
+        preflight = None if skip_preflight else _preflight_runner(spec.name, plan, results, gpus)
         listeners = _listeners(paths, cli)
         saved = {**cli, "notify": cli["notify"] if str(cli.get("notify") or "").startswith("env:") else None}
         sup = Supervisor(spec, backend, paths, plan, budget, run_id=exp, options=options, preflight=preflight,
