@@ -2,7 +2,8 @@
 - `ops run --docker IMAGE --memory-limit-mib M`: the embedded workload's first plan is OOM-killed in its
   container, the backend reads State.OOMKilled, the supervisor relaunches a smaller plan, the run finishes,
   and a container the backend did not start (even one named after the run) is never touched;
-- a container whose supervised workload hangs turns `unhealthy` through its HEALTHCHECK (`ops health`).
+- a container whose supervised workload hangs turns `unhealthy` through its HEALTHCHECK (`ops health`);
+- the backend's pids() are host PIDs py-spy can dump (the supervisor's stacks before a hang kill).
 """
 
 import json
@@ -19,7 +20,8 @@ from docker_support import TEST_LABEL, busybox_image, project_image, remove_labe
 from ops.journal import read_journal
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The first test may build the image (the base image too, ~4 min, when .ci/build-base-image has not run).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,25 @@ def test_hung_workload_turns_the_container_unhealthy(image, client):
         assert probe.returncode == 0 and verdict["status"] == "healthy" and verdict["step"] == 1  # default limits
     finally:
         remove_labeled(client, TEST_LABEL, tag)
+
+
+def test_stack_dump_of_a_python_process_in_the_container(tmp_path, image, client):
+    from ops.backends.docker import DockerBackend
+    from ops.stacks import dump_stacks
+    from training.spec import Launch
+    rid = f"dockerstacks_{uuid.uuid4().hex[:6]}"
+    b = DockerBackend(image, network="none", gpus="none")
+    log = tmp_path / "output.log"
+    script = "import time\ndef waiting_in_the_container():\n    print('ready', flush=True); time.sleep(300)\n" \
+             "waiting_in_the_container()\n"
+    h = b.spawn(Launch((sys.executable, "-c", script), {"GRPO_OPS_RUN_ID": rid}, tmp_path,
+                       {"exp": rid, "attempt": "1"}), log)
+    try:
+        deadline = time.monotonic() + 120
+        while "ready" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dumps = dump_stacks(h.pids(), tmp_path / "stacks", 1)
+        assert any("waiting_in_the_container" in d.read_text() for d in dumps), [d.read_text() for d in dumps]
+    finally:
+        h.terminate(2.0)
+        b.cleanup(rid)

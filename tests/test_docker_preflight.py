@@ -86,6 +86,7 @@ def docker_run(*args, timeout=120):
 
 
 @pytest.mark.docker
+@pytest.mark.timeout(1800)          # may build the image first
 def test_image_entrypoint_help_and_healthcheck(image):
     p = docker_run(image, "--help")
     assert p.returncode == 0 and "Commands:" in p.stdout and "health" in p.stdout and "preflight" in p.stdout
@@ -97,6 +98,7 @@ def test_image_entrypoint_help_and_healthcheck(image):
 
 
 @pytest.mark.docker
+@pytest.mark.timeout(1800)
 def test_preflight_json_in_the_image(image):
     p = docker_run(image, "preflight", "--json", "--require-gpu")
     assert p.returncode == 1, p.stderr
