@@ -13,7 +13,7 @@ from docker_support import TEST_LABEL, busybox_image, remove_labeled, require_en
 from ops.errors import UserError
 from training.spec import Launch
 
-pytestmark = pytest.mark.docker
+pytestmark = pytest.mark.docker   # (the no-engine CLI test needs none)
 
 
 @pytest.fixture
@@ -140,3 +140,23 @@ def test_bad_start_and_missing_image_are_one_line_user_errors(tmp_path, client, 
     assert wait_exit(h).code == 127 and "/no/such/binary" in (tmp_path / "output.log").read_text()
     h.terminate(1.0)
     assert client.containers.list(all=True, filters={"label": f"grpo-ops.run={run_id}"}) == []
+
+
+def ops_run(tmp_path, *args, **env):
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "ops.cli", "run", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(repo), **env})
+
+
+def test_ops_run_docker_without_engine_is_one_line(tmp_path):
+    p = ops_run(tmp_path, "--docker", "any:image", DOCKER_HOST="unix:///nonexistent/docker.sock")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert p.stderr.startswith("ops: error: no Docker engine answers at unix:///nonexistent/docker.sock")
+
+
+def test_ops_run_docker_missing_image_is_one_line(tmp_path, client):
+    p = ops_run(tmp_path, "--docker", "grpo-ops-test/absent:none")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert "docker image 'grpo-ops-test/absent:none' not found" in p.stderr
