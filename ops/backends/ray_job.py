@@ -176,7 +176,7 @@ class RayJobHandle:
         with open(self.log_path, "a", encoding="utf-8", errors="replace") as out:
             while True:
                 try:
-                    asyncio.run(self._tail_into(out))
+                    asyncio.run(self._follow(out))
                 except Exception as err:   # the websocket dropped: reconnect (the tail replays from the start)
                     log.debug("ray job log tail dropped", job=self.sid, error=repr(err))
                 if self._exit is not None or self._stop.is_set():
@@ -184,6 +184,20 @@ class RayJobHandle:
                 time.sleep(self.poll_s)
             self._reconcile(out)
         self._log_done.set()
+
+    async def _follow(self, out) -> None:
+        """Tail until the stream ends or the job is known to have ended: Ray's server closes a finished job's
+        stream only after a few idle seconds, while the log file is already complete (`_reconcile` reads it)."""
+        task = asyncio.ensure_future(self._tail_into(out))
+        while not task.done():
+            if self._exit is not None or self._stop.is_set():
+                task.cancel()
+                break
+            await asyncio.sleep(0.05)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
     async def _tail_into(self, out) -> None:
         seen = 0
