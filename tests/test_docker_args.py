@@ -91,3 +91,28 @@ def test_labels_and_names():
 def test_options_name_the_bad_value(kw, msg):
     with pytest.raises(ValueError, match=msg):
         da.DockerOptions(**kw).validate()
+
+
+def test_create_args_for_a_gpu_training_container(tmp_path):
+    """What DockerBackend asks the engine for, on a GPU host's settings (no engine, no GPU needed)."""
+    from ops.backends.docker import DockerBackend
+    from training.spec import Launch
+    b = DockerBackend("nvcr.io/nvidia/nemo-rl:v0.4.0", memory_limit_mib=512, gpus="all", shm_size="16g",
+                      hf_cache=tmp_path, client=object(), check_image=False, host_env={"PATH": "/usr/bin"})
+    run = tmp_path / "results" / "e"
+    run.mkdir(parents=True)
+    launch = Launch(("/work/.venv/bin/python", "-m", "training.grpo"),
+                    {"PATH": "/usr/bin", "GRPO_OPS_RUN_ID": "e", "GRPO_OPS_ATTEMPT": "2", "WANDB_API_KEY": "k",
+                     "CUDA_VISIBLE_DEVICES": "0,1"}, run, {"exp": "e", "attempt": "2"})
+    a = b.create_args(launch, run / "output.log")
+    assert a["entrypoint"] == ["python"] and a["command"] == ["-m", "training.grpo"]
+    assert a["device_requests"][0]["DeviceIDs"] == ["0", "1"] and a["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert "ipc_mode" not in a and a["shm_size"] == "16g"
+    assert a["mem_limit"] == a["memswap_limit"] == "512m" and a["init"] is True and a["network_mode"] == "host"
+    assert {(u["Name"], u["Soft"], u["Hard"]) for u in a["ulimits"]} == {("memlock", -1, -1),
+                                                                         ("stack", 64 << 20, 64 << 20)}
+    assert a["environment"] == {"GRPO_OPS_RUN_ID": "e", "GRPO_OPS_ATTEMPT": "2", "WANDB_API_KEY": "k",
+                                "HF_HOME": str(tmp_path)}
+    assert a["labels"]["grpo-ops.run"] == "e" and a["labels"]["grpo-ops.attempt"] == "2"
+    assert a["working_dir"] == str(run) and a["name"].startswith("grpo-ops-e-a2-")
+    assert "k" not in " ".join(a["command"]) and all("WANDB" not in x for x in a["entrypoint"])

@@ -216,32 +216,8 @@ class DockerBackend:
         return docker.from_env(timeout=None, version=self.client.api.api_version).api
 
     def spawn(self, launch: Launch, log_path: Path) -> DockerHandle:
-        o = self.opts
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        run_id = launch.labels.get("exp") or launch.env.get("GRPO_OPS_RUN_ID", "run")
-        attempt = launch.labels.get("attempt") or launch.env.get("GRPO_OPS_ATTEMPT", "0")
-        argv = da.container_argv(launch.argv, o.python)
-        env = da.container_env(launch.env, self.host_env, o.env_passthrough)
-        hf = da.hf_cache_dir(launch.env, o.hf_cache)
-        vols = da.mounts(Path(launch.cwd), log_path.parent, argv, hf, o.volumes, Path.exists)
-        if str(hf) in vols:
-            env.setdefault("HF_HOME", str(hf))
-        req = da.gpu_request(o.gpus, launch.env, Path("/dev/nvidiactl").exists())
-        kwargs = dict(
-            entrypoint=[argv[0]], command=argv[1:], environment=env, working_dir=str(launch.cwd),
-            labels=da.labels(run_id, attempt, o.labels), name=da.container_name(run_id, attempt, secrets.token_hex(3)),
-            volumes=vols, network_mode=o.network, init=True, detach=True, user=o.user,
-            ulimits=[Ulimit(name="memlock", soft=-1, hard=-1),
-                     Ulimit(name="stack", soft=da.STACK_BYTES, hard=da.STACK_BYTES)],
-            device_requests=[DeviceRequest(**req)] if req else None)
-        if o.ipc_host:
-            kwargs["ipc_mode"] = "host"
-        elif o.shm_size:
-            kwargs["shm_size"] = o.shm_size
-        if o.memory_limit_mib:
-            kwargs["mem_limit"] = kwargs["memswap_limit"] = f"{o.memory_limit_mib}m"
-        if not self._memlock_ok:
-            kwargs["ulimits"] = [u for u in kwargs["ulimits"] if u.name != "memlock"]
+        kwargs = self.create_args(launch, log_path)
         try:
             container = self._start(kwargs)
         except APIError as err:
@@ -251,17 +227,44 @@ class DockerBackend:
             # default and say so; NCCL over InfiniBand/RDMA would need the real limit.
             log.warning("engine refused memlock=unlimited; using its default", error=str(err)[:200])
             self._memlock_ok = False
-            kwargs["ulimits"] = [u for u in kwargs["ulimits"] if u.name != "memlock"]
-            kwargs["name"] = da.container_name(run_id, attempt, secrets.token_hex(3))
+            kwargs = self.create_args(launch, log_path)
             try:
                 container = self._start(kwargs)
             except (APIError, DockerException) as err2:
                 raise self._start_error(err2) from None
         except DockerException as err:
             raise self._start_error(err) from None
-        handle = DockerHandle(self._api, container, log_path, o.keep_containers)
-        log.info("container started", container=handle.name, image=o.image, pid=handle.host_pid)
+        handle = DockerHandle(self._api, container, log_path, self.opts.keep_containers)
+        log.info("container started", container=handle.name, image=self.opts.image, pid=handle.host_pid)
         return handle
+
+    def create_args(self, launch: Launch, log_path: Path) -> dict:
+        """The docker SDK `containers.create` keyword arguments for one attempt (reads only path existence)."""
+        o = self.opts
+        run_id = launch.labels.get("exp") or launch.env.get("GRPO_OPS_RUN_ID", "run")
+        attempt = launch.labels.get("attempt") or launch.env.get("GRPO_OPS_ATTEMPT", "0")
+        argv = da.container_argv(launch.argv, o.python)
+        env = da.container_env(launch.env, self.host_env, o.env_passthrough)
+        hf = da.hf_cache_dir(launch.env, o.hf_cache)
+        vols = da.mounts(Path(launch.cwd), log_path.parent, argv, hf, o.volumes, Path.exists)
+        if str(hf) in vols:
+            env.setdefault("HF_HOME", str(hf))
+        req = da.gpu_request(o.gpus, launch.env, Path("/dev/nvidiactl").exists())
+        ulimits = [Ulimit(name="stack", soft=da.STACK_BYTES, hard=da.STACK_BYTES)]
+        if self._memlock_ok:
+            ulimits.append(Ulimit(name="memlock", soft=-1, hard=-1))
+        kwargs = dict(
+            entrypoint=[argv[0]], command=argv[1:], environment=env, working_dir=str(launch.cwd),
+            labels=da.labels(run_id, attempt, o.labels), name=da.container_name(run_id, attempt, secrets.token_hex(3)),
+            volumes=vols, network_mode=o.network, init=True, detach=True, user=o.user, ulimits=ulimits,
+            device_requests=[DeviceRequest(**req)] if req else None)
+        if o.ipc_host:
+            kwargs["ipc_mode"] = "host"
+        elif o.shm_size:
+            kwargs["shm_size"] = o.shm_size
+        if o.memory_limit_mib:
+            kwargs["mem_limit"] = kwargs["memswap_limit"] = f"{o.memory_limit_mib}m"
+        return kwargs
 
     def _start(self, kwargs: dict):
         container = self.client.containers.create(self.opts.image, **kwargs)
