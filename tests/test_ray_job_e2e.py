@@ -78,3 +78,35 @@ def test_hang_is_stopped_and_relaunched_and_other_jobs_survive(ray_two_nodes, tm
         assert client.get_job_status(foreign).value == "RUNNING"
     finally:
         client.stop_job(foreign)
+
+
+def test_stopping_the_supervisor_stops_its_job(ray_two_nodes, tmp_path):
+    import signal
+    from ray.job_submission import JobSubmissionClient
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPO_OPS_ENABLE_FAULTS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    sup = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--ray-address", ray_two_nodes.address, *FAST,
+                            "--exp", "ray/cancel", "--", "++grpo.max_num_steps=500", "++grpo.val_at_start=false",
+                            "++fault.slow_step_s=1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "results" / "ray" / "cancel" / "ops" / "state.json"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if (json.loads(state.read_text()).get("step") or 0) >= 1:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the run never reached step 1")
+        sup.send_signal(signal.SIGTERM)
+        out, err = sup.communicate(timeout=120)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    assert sup.returncode == 1, out + err[-2000:]
+    assert json.loads(state.read_text())["state"] == "CANCELLED"
+    [job] = jobs_of(JobSubmissionClient(ray_two_nodes.address), "ray/cancel")
+    assert job.status.value == "STOPPED"
