@@ -105,7 +105,7 @@ def test_cleanup_stops_only_this_runs_jobs(backend, ray_two_nodes, tmp_path):
                    and "foreign" not in l)
         assert backend.client.get_job_status(mine[0].sid).value == "RUNNING"
         lines = backend.cleanup("clean/me")
-        assert sum(l.startswith("stopped ray job grpo-ops-clean_me-a") for l in lines) == 2, lines
+        assert sum(l.startswith("stopped ray job grpo-ops-clean_me-a") and "now STOPPED" in l for l in lines) == 2, lines
         assert any(foreign in l and l.startswith("left alone") for l in lines), lines
         assert any(other_run.sid in l and "owner clean/me-too" in l for l in lines), lines
         assert all(wait_exit(h).signal == 15 for h in mine)

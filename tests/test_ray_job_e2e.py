@@ -110,3 +110,42 @@ def test_stopping_the_supervisor_stops_its_job(ray_two_nodes, tmp_path):
     assert json.loads(state.read_text())["state"] == "CANCELLED"
     [job] = jobs_of(JobSubmissionClient(ray_two_nodes.address), "ray/cancel")
     assert job.status.value == "STOPPED"
+
+
+def test_ops_clean_stops_an_orphaned_job_of_a_dead_supervisor_only(ray_two_nodes, tmp_path):
+    import signal
+    from ray.job_submission import JobSubmissionClient
+    client = JobSubmissionClient(ray_two_nodes.address)
+    foreign = client.submit_job(entrypoint=f"{sys.executable} -c 'import time; time.sleep(900)'",
+                                submission_id=f"another-run-{os.getpid()}",
+                                metadata={"grpo_ops_run_id": "ray/orphan-not-me"})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPO_OPS_ENABLE_FAULTS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    sup = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--ray-address", ray_two_nodes.address, *FAST,
+                            "--exp", "ray/orphan", "--", "++grpo.max_num_steps=500", "++grpo.val_at_start=false",
+                            "++fault.slow_step_s=1"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not jobs_of(client, "ray/orphan") or jobs_of(client, "ray/orphan")[0].status.value != "RUNNING":
+            assert time.monotonic() < deadline, "the run's job never ran"
+            time.sleep(0.5)
+        sup.send_signal(signal.SIGKILL)               # the supervisor dies without cleaning up
+        sup.wait(timeout=30)
+        [job] = jobs_of(client, "ray/orphan")
+        assert job.status.value == "RUNNING"          # a Ray job outlives its submitter
+        dry = ops(tmp_path, "clean", "ray/orphan", "--dry-run")
+        assert dry.returncode == 0 and f"would stop ray job {job.submission_id}" in dry.stdout, dry.stdout + dry.stderr
+        p = ops(tmp_path, "clean", "ray/orphan")
+        assert p.returncode == 0, p.stderr
+        assert f"stopped ray job {job.submission_id}" in p.stdout
+        assert f"left alone: ray job {foreign}" in p.stdout
+        deadline = time.monotonic() + 60
+        while client.get_job_status(job.submission_id).value != "STOPPED":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert client.get_job_status(foreign).value == "RUNNING"
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        client.stop_job(foreign)

@@ -318,18 +318,38 @@ class RayJobBackend:
         """Stop this run's live jobs (by the metadata marker); report everybody else's, never stop them."""
         mine, others = split_jobs(self.jobs(), run_id)
         lines: list[str] = []
+        stopping: list[JobRow] = []
         for row in mine:
             if dry_run:
                 lines.append(f"would stop ray job {row.submission_id} ({row.status}) of this run")
                 continue
             try:
                 self.client.stop_job(row.submission_id)
-                lines.append(f"stopped ray job {row.submission_id} ({row.status}) of this run")
+                stopping.append(row)
             except Exception as err:
                 lines.append(f"could not stop ray job {row.submission_id}: {type(err).__name__}: {err}")
+        lines += [f"stopped ray job {row.submission_id} (was {row.status}, now {status}) of this run"
+                  for row, status in self._await_end(stopping)]
         lines += [f"left alone: ray job {r.submission_id} ({r.status}) is not this run's "
                   f"(owner {r.metadata.get(META_RUN) or 'unknown'})" for r in others]
         return lines
+
+    def _await_end(self, rows: list[JobRow]) -> list[tuple[JobRow, str]]:
+        """Wait (up to Ray's stop grace + a margin) until each stopped job is terminal: the next launch or a
+        local sweep must not race Ray's own SIGTERM -> SIGKILL of the job's process tree."""
+        deadline = time.monotonic() + self.stop_wait_s + 15.0
+        status = {r.submission_id: r.status for r in rows}
+        while rows and time.monotonic() < deadline:
+            for r in rows:
+                if status[r.submission_id] not in TERMINAL:
+                    try:
+                        status[r.submission_id] = str(self.client.get_job_status(r.submission_id).value)
+                    except Exception:
+                        pass
+            if all(s in TERMINAL for s in status.values()):
+                break
+            time.sleep(self.poll_s)
+        return [(r, status[r.submission_id]) for r in rows]
 
 
 def _nonce() -> str:
