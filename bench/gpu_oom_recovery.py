@@ -43,18 +43,32 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+# --rehearse-cpu: the same flow on a CPU machine, the "device" being a cgroup memory limit (smaller model).
+CPU_MODEL = ["++policy.model.hidden_size=256", "++policy.model.num_layers=2", "++policy.model.num_heads=4",
+             "++policy.model.ffn_size=1024", "++policy.max_total_sequence_length=256", "++policy.logprob_batch_size=4",
+             "++grpo.num_prompts_per_step=8", "++grpo.num_generations_per_prompt=8", "++grpo.val_at_start=false",
+             "++grpo.val_period=1000", "++checkpointing.save_period=1000"]
+SETUP = {"model": MODEL, "device": "cuda", "limit_mib": None, "gbs": 64 * 8}
+
+
 def probe(mb: int, extra: list[str], out: Path) -> bool:
-    """One real training step at micro batch `mb`: True when it finished, False on a CUDA OOM."""
+    """One real training step at micro batch `mb`: True when it finished, False when it ran out of memory."""
+    from training.spec import Launch
     ckpt = out / f"probe_{mb}"
-    argv = [sys.executable, "-m", "training.grpo", f"--config={EmbeddedTrainer().default_config()}", "--device=cuda",
-            *MODEL, *extra, "++grpo.max_num_steps=1", f"++{MB_KEY}={mb}", f"++checkpointing.checkpoint_dir={ckpt}",
-            f"++logger.log_dir={ckpt}"]
-    p = subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
-    text = p.stdout + p.stderr
-    if p.returncode != 0 and "out of memory" not in text:
+    argv = [sys.executable, "-m", "training.grpo", f"--config={EmbeddedTrainer().default_config()}",
+            f"--device={SETUP['device']}", *SETUP["model"], *extra, "++grpo.max_num_steps=1", f"++{MB_KEY}={mb}",
+            f"++checkpointing.checkpoint_dir={ckpt}", f"++logger.log_dir={ckpt}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPO_OPS_RUN_ID": f"probe-{mb}", "GRPO_OPS_ATTEMPT": "1"}
+    h = LocalBackend(SETUP["limit_mib"], run_dir=ckpt).spawn(Launch(tuple(argv), env, ROOT), out / f"probe_{mb}.log")
+    while (ex := h.poll()) is None:
+        time.sleep(0.2)
+    h.terminate(2.0)
+    text = (out / f"probe_{mb}.log").read_text(errors="replace")
+    oom = ex.oom_killed or "out of memory" in text
+    if ex.code != 0 and not oom:
         raise SystemExit(f"probe at micro batch {mb} failed for another reason:\n{text[-3000:]}")
-    print(f"  probe micro batch {mb}: {'fits' if p.returncode == 0 else 'OOM'}", flush=True)
-    return p.returncode == 0
+    print(f"  probe micro batch {mb}: {'fits' if ex.code == 0 else 'out of memory'}", flush=True)
+    return ex.code == 0
 
 
 def bisect_largest(gbs: int, extra: list[str], out: Path) -> int:
@@ -85,18 +99,20 @@ def largest_from_json(path: Path) -> int:
 
 def supervise(start_mb: int, extra: list[str], out: Path) -> tuple[object, list[dict], float]:
     paths = RunPaths(out / "recovery")
-    spec = EmbeddedTrainer(device="cuda")
-    plan = Plan(spec.default_config(), tuple(MODEL + extra + ["++grpo.max_num_steps=2", f"++{MB_KEY}={start_mb}"]))
+    spec = EmbeddedTrainer(device=SETUP["device"])
+    plan = Plan(spec.default_config(),
+                tuple(SETUP["model"] + extra + ["++grpo.max_num_steps=2", f"++{MB_KEY}={start_mb}"]))
     from healthchecks.gpu_seam import default_reader
     try:
         reader = default_reader()
     except Exception:
         reader = None
-    sup = Supervisor(spec, LocalBackend(run_dir=paths.root), paths, plan, MaxAttempts(6), run_id="gpu-oom-recovery",
+    sup = Supervisor(spec, LocalBackend(SETUP["limit_mib"], run_dir=paths.root), paths, plan, MaxAttempts(6), run_id="gpu-oom-recovery",
                      gpu_reader=reader, options=SupervisorOptions(hang_floor_s=600, startup_timeout_s=900, gpus=1))
     t0 = time.monotonic()
     outcome = sup.run()
     return outcome, read_journal(paths.journal), time.monotonic() - t0
+
 
 
 def main() -> int:
@@ -105,11 +121,15 @@ def main() -> int:
     ap.add_argument("--bisect-json", type=Path)
     ap.add_argument("--start-micro-batch", type=int, help="default: 2 x the largest that fits")
     ap.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir)")
+    ap.add_argument("--rehearse-cpu", type=int, metavar="LIMIT_MIB",
+                    help="rehearse on a CPU machine: a smaller model, the device = a cgroup limit of LIMIT_MIB")
     ap.add_argument("extra", nargs="*", help="more overrides for both the bisection and the run")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_oom_recovery_"))
     out.mkdir(parents=True, exist_ok=True)
-    gbs = 64 * 8
+    if args.rehearse_cpu:
+        SETUP.update(model=CPU_MODEL, device="cpu", limit_mib=args.rehearse_cpu, gbs=64)
+    gbs = SETUP["gbs"]
     if args.largest_fit:
         largest, how = args.largest_fit, "--largest-fit"
     elif args.bisect_json:
@@ -133,7 +153,7 @@ def main() -> int:
     if model_line:
         from ops.watch import parse_memory_model
         m = parse_memory_model(model_line.split("memory model:", 1)[1])
-        total = next((r["failure"]["numbers"].get("total_mib") for r in recs
+        total = next((r["failure"]["numbers"].get("total_mib") or r["failure"]["numbers"].get("limit_mib") for r in recs
                       if r["kind"] == "attempt_end" and r.get("failure")), None)
         if total:
             pred = (total * 0.94 - m["static_mib"]) / m["per_sample_mib"]
