@@ -5,6 +5,7 @@ Wires the CLI to ops.supervisor; the run's files live under results/<exp>/ (docs
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 import os
 import shlex
 import subprocess
@@ -205,8 +206,9 @@ def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, opti
     with RunLock(paths, exp):
         _events_log(paths.ops_dir / "events.log")
         gpus = cli.get("gpus")
-        if gpus is None and spec.name == "embedded" and _gpu_reader() is None:
-            gpus = 0              # the embedded workload runs on the CPU here: no check may demand a GPU
+        if gpus is None and spec.name == "embedded":
+            gpus = _gpu_count()   # 0 on a CPU machine: no check may demand a GPU; TP may not exceed the GPUs
+        options = replace(options, gpus=gpus if options.gpus is None else options.gpus)
         preflight = None if skip_preflight else _preflight_runner(spec.name, plan, results, gpus)
         listeners = _listeners(paths, cli)
         saved = {**cli, "notify": cli["notify"] if str(cli.get("notify") or "").startswith("env:") else None}
@@ -248,6 +250,16 @@ def _gpu_reader():
         return default_reader()
     except Exception:
         return None
+
+
+def _gpu_count() -> int:
+    reader = _gpu_reader()
+    if reader is None:
+        return 0
+    try:
+        return len(reader.snapshot().gpus)
+    except Exception:
+        return 0
 
 
 def _listeners(paths: RunPaths, cli: dict) -> list:
