@@ -130,3 +130,21 @@ def test_driver_pinned_to_the_second_node_streams_its_log(ray_two_nodes, tmp_pat
          ray_two_nodes.gcs_address], env=ray_two_nodes.env(), capture_output=True, text=True,
         timeout=120).stdout.strip().splitlines()[-1])
     assert node in nodes[h.driver_node_id]                 # the driver ran on the second node
+
+
+@pytest.mark.slow
+def test_a_lost_head_ends_the_attempt_instead_of_hanging(tmp_path):
+    """The whole cluster dies under a running job: poll() reports the loss after lost_after_s, never hangs."""
+    from ray_nodes import start_cluster, stop_cluster
+    cluster = start_cluster(extra_nodes=0, num_cpus=1)
+    try:
+        backend = RayJobBackend(cluster.address, poll_s=0.2, lost_after_s=3.0, drain_s=3.0)
+        log_path = tmp_path / "lost.log"
+        h = backend.spawn(launch_of("import time; print('up', flush=True); time.sleep(600)", tmp_path, "lost"),
+                          log_path)
+        assert wait_for(lambda: log_path.exists() and "up" in log_path.read_text())
+    finally:
+        stop_cluster(cluster)
+    e = wait_exit(h, timeout=60)
+    assert e.code is None and "lost the Ray Jobs API" in e.detail
+    assert h.terminate(1.0) == e                       # stop_job fails quietly; the Exit stands

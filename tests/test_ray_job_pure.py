@@ -73,3 +73,20 @@ def test_split_jobs_owns_by_metadata_only():
 def test_connect_rejects_what_is_not_a_dashboard_url(address):
     with pytest.raises(UserError, match="dashboard URL"):
         connect(address)
+
+
+def _ops(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+
+
+@pytest.mark.parametrize("address, says", [("http://127.0.0.1:1", "cannot reach the Ray Jobs API at http://127.0.0.1:1"),
+                                           ("ray://head:10001", "is not a dashboard URL")])
+def test_ops_run_with_a_bad_ray_address_is_one_line_exit_2(tmp_path, address, says):
+    p = _ops(tmp_path, "run", "--ray-address", address, "--skip-preflight", "--exp", "bad")
+    assert p.returncode == 2 and says in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert "Traceback" not in p.stderr
