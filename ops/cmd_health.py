@@ -32,8 +32,12 @@ _ENV = "GRPO_OPS_HEALTH_"
 @click.option("--max-startup-s", type=float, default=health.HealthLimits.max_startup_s, show_default=True,
               envvar=_ENV + "MAX_STARTUP_S",
               help="Unhealthy when an attempt has no first step after this (env GRPO_OPS_HEALTH_MAX_STARTUP_S).")
+@click.option("--max-busy-s", type=float, default=health.HealthLimits.max_busy_s, show_default=True,
+              envvar=_ENV + "MAX_BUSY_S",
+              help="A stale heartbeat is fine this long while the supervisor holds its lock (env "
+                   "GRPO_OPS_HEALTH_MAX_BUSY_S).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
-def command(exp, results, max_heartbeat_age_s, max_step_age_s, max_startup_s, as_json):
+def command(exp, results, max_heartbeat_age_s, max_step_age_s, max_startup_s, max_busy_s, as_json):
     """Is the supervised run EXP (default: the one with the newest heartbeat) alive and making progress?
 
     \b
@@ -41,7 +45,7 @@ def command(exp, results, max_heartbeat_age_s, max_step_age_s, max_startup_s, as
     2 usage error. Prints one line: the verdict and why.
     """
     try:
-        limits = health.HealthLimits(max_heartbeat_age_s, max_step_age_s, max_startup_s)
+        limits = health.HealthLimits(max_heartbeat_age_s, max_step_age_s, max_startup_s, max_busy_s)
     except ValueError as err:
         flag = "--" + str(err).split(" ", 1)[0].replace("_", "-")
         raise UserError(f"{flag} {str(err).split(' ', 1)[1]}; pass a positive number of seconds") from None

@@ -5,9 +5,10 @@ Kubernetes / systemd probes).
 (heartbeat.json, state.json, the journal's tail, /proc/locks); nothing here touches a GPU or a subprocess,
 so a probe costs the CLI's start-up plus a few milliseconds.
 
-Verdicts: healthy (supervisor beating, steps coming), succeeded (finished well), hung (heartbeat stale with
-the supervisor still holding its lock, or no new step / no first step for too long), dead (heartbeat stale
-and nobody holds the lock), given_up (a terminal FAILED_* / CANCELLED state), no_run (nothing to judge yet).
+Verdicts: healthy (supervisor beating, steps coming; or busy: heartbeat stale up to max_busy_s while it
+still holds its lock), succeeded (finished well), hung (heartbeat stale past max_busy_s with the lock held,
+or no new step / no first step for too long), dead (heartbeat stale and nobody holds the lock), given_up
+(a terminal FAILED_* / CANCELLED state), no_run (nothing to judge yet).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class HealthLimits:
     max_heartbeat_age_s: float = 30.0    # the supervisor rewrites heartbeat.json every <= 1 s
     max_step_age_s: float = 1800.0       # RUNNING, after the attempt's first step: longest gap between steps
     max_startup_s: float = 3600.0        # RUNNING, launch -> first step (venv builds, model load, vLLM start)
+    max_busy_s: float = 900.0            # a stale heartbeat while the supervisor still holds its lock: it may
+                                         # be busy (preflight, py-spy dumps of many processes, a stop's grace)
 
     def __post_init__(self) -> None:
-        for name in ("max_heartbeat_age_s", "max_step_age_s", "max_startup_s"):
+        for name in ("max_heartbeat_age_s", "max_step_age_s", "max_startup_s", "max_busy_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -84,9 +87,13 @@ def judge(snap: RunSnapshot, limits: HealthLimits, now: float) -> Verdict:
         why = (snap.run_end or {}).get("reason") or st.get("reason") or ""
         return Verdict("given_up", f"run ended {state}" + (f": {why}" if why else ""), **v)
     if age is None or age > limits.max_heartbeat_age_s:
-        seen = "no heartbeat" if age is None else f"heartbeat {age:.0f} s old (limit {limits.max_heartbeat_age_s:g} s)"
+        if snap.lock_held is True and age is not None and age <= limits.max_busy_s:
+            return Verdict("healthy", f"supervisor busy in {state}: heartbeat {age:.0f} s old while it holds "
+                                      f"supervisor.lock (limit {limits.max_busy_s:g} s)", **v)
         if snap.lock_held is True:
+            seen = "no heartbeat" if age is None else f"heartbeat {age:.0f} s old (limit {limits.max_busy_s:g} s)"
             return Verdict("hung", f"supervisor stuck: {seen} while it still holds supervisor.lock", **v)
+        seen = "no heartbeat" if age is None else f"heartbeat {age:.0f} s old (limit {limits.max_heartbeat_age_s:g} s)"
         gone = "supervisor gone" if snap.lock_held is False else "supervisor dead or stuck"
         return Verdict("dead", f"{gone}: {seen} in state {state}", **v)
     if state == "RUNNING" and snap.attempt_start_wall is not None:

@@ -19,7 +19,7 @@ from training.spec import RunPaths
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_800_000_000.0
-L = HealthLimits(max_heartbeat_age_s=30, max_step_age_s=100, max_startup_s=600)
+L = HealthLimits(max_heartbeat_age_s=30, max_step_age_s=100, max_startup_s=600, max_busy_s=300)
 
 
 def hb(age, state="RUNNING", step=3):
@@ -36,7 +36,10 @@ def hb(age, state="RUNNING", step=3):
     (RunSnapshot("e", hb(1), attempt=1, attempt_start_wall=NOW - 599), "healthy"),
     (RunSnapshot("e", hb(1), attempt=1, attempt_start_wall=NOW - 601), "hung"),
     (RunSnapshot("e", hb(1, "LAUNCHING"), attempt=1, attempt_start_wall=NOW - 9999), "healthy"),
-    (RunSnapshot("e", hb(31), lock_held=True), "hung"),
+    (RunSnapshot("e", hb(31), lock_held=True), "healthy"),                      # busy, e.g. dumping stacks
+    (RunSnapshot("e", hb(299, "PREFLIGHT", None), lock_held=True), "healthy"),
+    (RunSnapshot("e", hb(301), lock_held=True), "hung"),
+    (RunSnapshot("e", None, {"state": "RUNNING"}, lock_held=True), "hung"),
     (RunSnapshot("e", hb(31), lock_held=False), "dead"),
     (RunSnapshot("e", hb(31), lock_held=None), "dead"),
     (RunSnapshot("e", None, {"state": "RUNNING", "step": 2}), "dead"),
