@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import re
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,31 @@ from ops.classify import Failure
 from ops.journal import iso_now, write_json_atomic
 from ops.logs import redact_env
 from ops.state import State
+
+@dataclass(frozen=True)
+class SupervisorOptions:
+    poll_s: float = 0.2               # log / exit poll
+    sample_s: float = 1.0             # memory, GPU, heartbeat, state.json
+    grace_s: float = 10.0             # SIGTERM -> SIGKILL
+    hang_factor: float = 3.0
+    hang_floor_s: float = 300.0
+    startup_timeout_s: float = 1800.0
+    fatal_exit_grace_s: float = 60.0  # a fatal line was printed but the trainer lingers: stop it after this
+    gpus: int | None = None
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stack_dumps: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("poll_s", "sample_s", "hang_factor", "hang_floor_s", "startup_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("poll_s", "grace_s", "hang_factor", "hang_floor_s",
+                                              "startup_timeout_s", "gpus")}
+
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -102,3 +129,19 @@ def write_heartbeat(path: Path, snap: dict) -> None:
     tmp.write_text(json.dumps({"ts": time.time(), "pid": snap["supervisor_pid"], "state": snap["state"],
                                "step": snap["step"], "attempt": snap["attempt"]}))
     os.replace(tmp, path)
+
+
+def trap_signals(on_signal: Callable) -> Callable[[], None]:
+    """SIGTERM/SIGINT -> `on_signal` (the loop then stops the tree); SIGHUP ignored (a closed terminal must not
+    end the run). Returns a function restoring the previous handlers. Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return restore

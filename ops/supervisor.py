@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ from ops.budget import Budget, BudgetState
 from ops.classify import Evidence, Failure, classify
 from ops.errors import UserError
 from ops.journal import Journal, Listener
-from ops.records import (AttemptResult, RunOutcome, attempt_env, checkpoint_step, state_snapshot,
-                         write_heartbeat, write_state)
+from ops.records import (AttemptResult, RunOutcome, SupervisorOptions, attempt_env, checkpoint_step,
+                         state_snapshot, trap_signals, write_heartbeat, write_state)
 from ops.remedies import GiveUp, PastAttempt, PlanContext, Relaunch, next_plan
 from ops.runs import ResumeInfo
 from ops.stacks import dump_stacks
@@ -34,31 +33,6 @@ from ops.watch import ATTEMPT_MARK, AttemptWatch, EvidenceBuffer, HangClock, Log
 from training.spec import Launch, Plan, RunPaths, TrainerSpec
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class SupervisorOptions:
-    poll_s: float = 0.2               # log / exit poll
-    sample_s: float = 1.0             # memory, GPU, heartbeat, state.json
-    grace_s: float = 10.0             # SIGTERM -> SIGKILL
-    hang_factor: float = 3.0
-    hang_floor_s: float = 300.0
-    startup_timeout_s: float = 1800.0
-    fatal_exit_grace_s: float = 60.0  # a fatal line was printed but the trainer lingers: stop it after this
-    gpus: int | None = None
-    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    stack_dumps: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("poll_s", "sample_s", "hang_factor", "hang_floor_s", "startup_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.grace_s < 0:
-            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
-
-    def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("poll_s", "grace_s", "hang_factor", "hang_floor_s",
-                                              "startup_timeout_s", "gpus")}
 
 
 class Supervisor:
@@ -400,20 +374,9 @@ class Supervisor:
         return out
 
     def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-
         def on_signal(signum, _frame):
             self._cancel = signum
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)     # a closed terminal must not end the run
-
-        def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-        return restore
+        return trap_signals(on_signal)
 
 
 _FATAL = ("OutOfMemoryError", "CUDA out of memory", "CUDA error: out of memory", "RayTaskError")
