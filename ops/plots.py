@@ -34,6 +34,11 @@ def render_plots(report: Report, dpi: int = 100) -> dict[str, bytes]:
     return {name: _png(fig, dpi) for name, fig in out.items()}
 
 
+def attempt_colour(attempt: int) -> str:
+    """The same colour for an attempt in every plot (matplotlib's C0, C1, ... by attempt number)."""
+    return f"C{(int(attempt) - 1) % 10}"
+
+
 def _png(fig, dpi: int) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -47,7 +52,8 @@ def _step_plot(report: Report, name: str):
     for attempt, points in per_attempt.items():
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=f"attempt {attempt}")
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=f"attempt {attempt}",
+                    color=attempt_colour(attempt))
     _boundaries(ax, report)
     _finish(ax, TITLES[name], "step", _UNITS[name], bool(per_attempt))
     return fig
@@ -63,15 +69,16 @@ def _memory_plot(report: Report):
     if any(gpu):
         ax_bar.bar([x + width / 2 for x in range(len(attempts))], gpu, width, label="peak GPU")
     ax_bar.set_xticks(range(len(attempts)), [f"#{a}" for a in attempts])
+    ax_bar.set_ylim(0, max(rss + gpu + [1.0]) * 1.3)      # room for the legend above the bars
     ax_bar.set_ylabel("MiB")
     ax_bar.set_xlabel("attempt")
     if attempts:
-        ax_bar.legend(fontsize=7)
+        ax_bar.legend(fontsize=6, loc="upper left")
     ax_bar.grid(axis="y", alpha=0.3)
     for attempt, points in report.series.get("memory", {}).items():
         if points:
             xs, ys = zip(*points)
-            ax_line.plot(xs, ys, linewidth=1.5, label=f"attempt {attempt}")
+            ax_line.plot(xs, ys, linewidth=1.5, label=f"attempt {attempt}", color=attempt_colour(attempt))
     _boundaries(ax_line, report)
     _finish(ax_line, "", "step", "peak MiB", bool(report.series.get("memory")))
     fig.suptitle(TITLES["memory"])
