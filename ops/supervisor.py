@@ -29,7 +29,8 @@ from ops.remedies import GiveUp, PastAttempt, PlanContext, Relaunch, next_plan
 from ops.runs import ResumeInfo
 from ops.stacks import dump_stacks
 from ops.state import State, check_transition
-from ops.watch import ATTEMPT_MARK, AttemptWatch, EvidenceBuffer, HangClock, LogTailer, parse_line
+from ops.watch import (ATTEMPT_MARK, CUE_RX, AttemptWatch, EvidenceBuffer, HangClock, LogTailer,
+                        matching_lines, parse_line)
 from training.spec import Launch, Plan, RunPaths, TrainerSpec
 
 log = structlog.get_logger()
@@ -218,17 +219,11 @@ class Supervisor:
         buf = self._buf = EvidenceBuffer(self.spec.signatures)
         last_sample, hung, fatal_at, exit_ = -1e9, "", None, None
         while True:
-            for line in self._tail.read_lines():
-                buf.add(line)
-                if self._observe_line(line):
-                    fatal_at = None               # progress after a fatal-looking line: it was not fatal
-                fatal_at = fatal_at or (self.clock() if _looks_fatal(line) else None)
+            fatal_at = self._consume(self._tail.read_lines(), buf, fatal_at)
             exit_ = h.poll()
             if exit_ is not None:
                 self._sample(h)                        # the cgroup's numbers, before it is removed
-                for line in self._tail.read_lines():   # what it printed on the way out
-                    buf.add(line)
-                    self._observe_line(line)
+                self._consume(self._tail.read_lines(), buf, None)   # what it printed on the way out
                 break
             now = self.clock()
             if now - last_sample >= self.opts.sample_s:
@@ -256,6 +251,17 @@ class Supervisor:
                              w.peak_gpu_mib, cancelled=cancelled)
 
     _last_mem = None
+
+    def _consume(self, lines: list[str], buf: EvidenceBuffer, fatal_at: float | None) -> float | None:
+        """Fold a batch of log lines in; returns when a fatal-looking line was seen (None: not, or progress
+        came after it). Only lines with a cue are parsed: a trainer spamming its log costs little here."""
+        if not lines:
+            return fatal_at
+        flagged = buf.add_many(lines)
+        if fatal_at is None and any(_looks_fatal(ln) for ln in flagged):
+            fatal_at = self.clock()
+        progressed = [self._observe_line(lines[i]) for i in matching_lines(lines, CUE_RX)]
+        return None if any(progressed) else fatal_at
 
     def _observe_line(self, line: str) -> bool:
         """Fold one log line into the attempt's progress; True when it announced a new step."""

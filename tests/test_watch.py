@@ -68,3 +68,12 @@ def test_evidence_keeps_flagged_lines_beyond_tail():
         b.add(f"noise {i}")
     lines = b.lines()
     assert lines[0].startswith("torch.OutOfMemoryError") and len(lines) == 6 and lines[-1] == "noise 99"
+
+
+def test_matching_lines_batch():
+    from ops.watch import CUE_RX, matching_lines
+    lines = ["noise", "========================= Step 1/3 =========================", "x", "  • Loss: 1 • again", "y"]
+    assert matching_lines(lines, CUE_RX) == [1, 3]
+    b = EvidenceBuffer(tail=2)
+    assert b.add_many(["a", "Traceback (most recent call last):", "b", "c"]) == ["Traceback (most recent call last):"]
+    assert b.lines() == ("Traceback (most recent call last):", "b", "c")
