@@ -123,13 +123,33 @@ def test_driver_pinned_to_the_second_node_streams_its_log(ray_two_nodes, tmp_pat
     h = pinned.spawn(launch_of("print('hello from the pinned driver')", tmp_path, "pinned"), tmp_path / "p.log")
     assert wait_exit(h, timeout=180).code == 0
     assert "hello from the pinned driver" in (tmp_path / "p.log").read_text()
-    import json, subprocess
-    nodes = json.loads(subprocess.run(
+    assert node in node_resources(ray_two_nodes)[h.driver_node_id]      # the driver ran on the second node
+
+
+def node_resources(cluster) -> dict:
+    import json
+    import subprocess
+    out = subprocess.run(
         [sys.executable, "-c", "import ray, json, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
          "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))",
-         ray_two_nodes.gcs_address], env=ray_two_nodes.env(), capture_output=True, text=True,
-        timeout=120).stdout.strip().splitlines()[-1])
-    assert node in nodes[h.driver_node_id]                 # the driver ran on the second node
+         cluster.gcs_address], env=cluster.env(), capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_jobs_ray_workers_on_another_node_carry_the_run_marker(backend, ray_two_nodes, tmp_path):
+    """Like NeMo RL's driver (ray.init(address="auto") inside the job), a trainer attaches to the cluster; its
+    tasks on the second node get the run's environment from the job's runtime_env."""
+    node = ray_two_nodes.nodes[1].resource
+    code = ("import os, ray; ray.init(address='auto', logging_level='ERROR')\n"
+            f"@ray.remote(num_cpus=0, resources={{{node!r}: 0.01}})\n"
+            "def where():\n    return os.environ.get('GRPO_OPS_RUN_ID'), ray.get_runtime_context().get_node_id()\n"
+            "print('worker', *ray.get(where.remote()), flush=True)\n")
+    log_path = tmp_path / "w.log"
+    h = backend.spawn(launch_of(code, tmp_path, "multi/node"), log_path)
+    assert wait_exit(h, timeout=180).code == 0, log_path.read_text()[-2000:]
+    [line] = [l for l in log_path.read_text().splitlines() if l.startswith("worker ")]
+    _, run_id, node_id = line.split()
+    assert run_id == "multi/node" and node in node_resources(ray_two_nodes)[node_id]
 
 
 @pytest.mark.slow
