@@ -158,22 +158,23 @@ def read_settings(checkpoints: list[Checkpoint], records: list[dict]) -> RunSett
             except Exception:       # a torn or foreign YAML: try the next source
                 continue
     if cfg is None:
-        cfg, source = _plan_config(records)
+        cfg, source = plan_config(records)
     if cfg is None:
         return RunSettings()
     return RunSettings(
-        save_period=_int(_select(cfg, "checkpointing.save_period")),
-        keep_top_k=_int(_select(cfg, "checkpointing.keep_top_k")),
-        max_num_steps=_int(_select(cfg, "grpo.max_num_steps")),
-        val_period=_int(_select(cfg, "grpo.val_period")),
-        metric_name=_select(cfg, "checkpointing.metric_name"),
-        higher_is_better=bool(_select(cfg, "checkpointing.higher_is_better", True)),
-        model_name=_select(cfg, "policy.model_name"),
+        save_period=_int(select(cfg, "checkpointing.save_period")),
+        keep_top_k=_int(select(cfg, "checkpointing.keep_top_k")),
+        max_num_steps=_int(select(cfg, "grpo.max_num_steps")),
+        val_period=_int(select(cfg, "grpo.val_period")),
+        metric_name=select(cfg, "checkpointing.metric_name"),
+        higher_is_better=bool(select(cfg, "checkpointing.higher_is_better", True)),
+        model_name=select(cfg, "policy.model_name"),
         source=source,
     )
 
 
-def _plan_config(records: list[dict]) -> tuple[Any, str]:
+def plan_config(records: list[dict]) -> tuple[Any, str]:
+    """The config of the latest plan in `records` (unresolved DictConfig) and where it came from."""
     from omegaconf import OmegaConf
 
     plan = next((r.get("plan") for r in reversed(records)
@@ -194,7 +195,7 @@ def _plan_config(records: list[dict]) -> tuple[Any, str]:
         return None, "unknown"
 
 
-def _select(cfg: Any, key: str, default: Any = None) -> Any:
+def select(cfg: Any, key: str, default: Any = None) -> Any:
     from omegaconf import OmegaConf
 
     try:

@@ -232,3 +232,9 @@ def test_build_listeners_from_run_flags(tmp_path):
         hook.close()
     assert len(hook.bodies) == 1
     assert parse((tmp_path / "m.prom").read_text())[("grpo_ops_state", (("grpo_ops_state", "SUCCEEDED"),))] == 1
+
+
+def test_wandb_project_from_the_plans_config_file():
+    cfg = Path(__file__).resolve().parents[1] / "training" / "configs" / "grpo_workplace_tiny.yaml"
+    assert project_from_plan({"config_path": str(cfg), "overrides": []}) == ("grpo-ops", "grpo-workplace-tiny")
+    assert project_from_plan({"config_path": str(cfg), "overrides": ["++logger.wandb.name=x"]})[1] == "x"

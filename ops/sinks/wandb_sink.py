@@ -36,15 +36,22 @@ def wandb_mode(env: dict | None = None, home: Path | None = None) -> str:
 
 
 def project_from_plan(plan: dict | None) -> tuple[str, str | None]:
-    """(project, name) from the plan's overrides (`logger.wandb.project=...`)."""
-    project, name = DEFAULT_PROJECT, None
+    """(project, name): the plan's overrides (`logger.wandb.project=...`), else its config file's
+    `logger.wandb.{project,name}`, else ("grpo-ops", None)."""
+    project = name = None
     for o in (plan or {}).get("overrides", ()):
         key, _, value = o.lstrip("+").partition("=")
         if key == "logger.wandb.project" and value:
             project = value
         elif key == "logger.wandb.name" and value:
             name = value
-    return project, name
+    if plan and (project is None or name is None):
+        from ops.rundata import plan_config, select
+        cfg, _ = plan_config([{"kind": "run_start", "plan": plan}])
+        if cfg is not None:
+            project = project or select(cfg, "logger.wandb.project")
+            name = name or select(cfg, "logger.wandb.name")
+    return str(project or DEFAULT_PROJECT), (str(name) if name else None)
 
 
 class WandbEvents:
