@@ -64,11 +64,11 @@ class Trainer:
         shape = model_shape(self.cfg)
         act_ckpt = bool(self.policy_cfg["dtensor_cfg"].get("activation_checkpointing", False))
         # Initialise the unsharded model (same seed -> same weights at any TP), then keep this rank's slice.
-        full = Policy(dataclasses.replace(shape, tp=1), act_ckpt)
-        if self.world == 1:
-            self.policy = full
-        else:
-            self.policy = Policy(shape, act_ckpt)
+        # Built on the device itself: a large model initialises in seconds on a GPU, minutes on one CPU thread.
+        with torch.device(self.device):
+            full = Policy(dataclasses.replace(shape, tp=1), act_ckpt)
+            self.policy = full if self.world == 1 else Policy(shape, act_ckpt)
+        if self.world > 1:
             dims, own = shard_dims(self.policy), full.state_dict()
             self.policy.load_state_dict({k: parallel.shard_of(v, dims.get(k), self.rank, self.world)
                                          for k, v in own.items()})
