@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from workload_support import floats, metrics, run, steps
+from workload_support import floats, kill_group, metrics, run, start, steps, wait_for
 
 from training.grpo.parallel import own_memory_cgroup
 
@@ -87,3 +89,17 @@ def test_peak_memory_grows_with_micro_batch_and_falls_with_tp(tmp_path):
         assert float(_memory_model(p.stdout)["per_sample_mib"]) > 1.0
     assert peaks["mbs64"] > peaks["mbs8"] + 150, peaks
     assert peaks["mbs64_tp2"] < peaks["mbs64"] - 100, peaks
+
+
+def test_hang_under_tp2_blocks_in_a_collective_until_killed(tmp_path):
+    proc = start(tmp_path, "grpo.max_num_steps=3", "policy.dtensor_cfg.tensor_parallel_size=2",
+                 "++fault.hang_at_step=2", faults=True)
+    try:
+        out = tmp_path / "out.txt"
+        assert wait_for(lambda: "Step 2/3" in out.read_text())
+        time.sleep(3)
+        assert proc.poll() is None and "Step 3/3" not in out.read_text()
+        ranks = psutil.Process(proc.pid).children()
+        assert len(ranks) >= 2 and all(r.is_running() for r in ranks)
+    finally:
+        kill_group(proc)

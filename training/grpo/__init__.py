@@ -1,0 +1,1 @@
+"""The embedded GRPO workload: `python -m training.grpo` (see training/grpo/__main__.py)."""

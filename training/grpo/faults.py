@@ -76,7 +76,11 @@ class Faults:
         if self.world > 1 and self.rank == 0:
             import torch
             import torch.distributed as dist
-            dist.all_reduce(torch.ones(1))      # the other ranks never join: a real collective hang
+            device = f"cuda:{self.rank}" if dist.get_backend() == "nccl" else "cpu"
+            t = torch.ones(1, device=device)
+            dist.all_reduce(t)                  # the other ranks never join: a real collective hang
+            if device != "cpu":
+                torch.cuda.synchronize()        # NCCL is asynchronous: block on the collective itself
         threading.Event().wait()
 
     def slow_save(self) -> None:
