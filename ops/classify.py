@@ -23,6 +23,8 @@ KIND_FAMILY: dict[str, str] = {
     "gpu_busy": "oom",            # vLLM: free memory on start-up below gpu_memory_utilization (stale holder)
     "cpu_oom": "oom",             # DefaultCPUAllocator: can't allocate memory
     "host_oom": "oom",            # SIGKILL by the kernel / cgroup OOM killer, Ray's memory monitor
+    "device_oom": "oom",          # one rank's device memory ran out (a spec's signature, e.g. the embedded
+                                  # workload's per-rank CPU "device" cgroup): more TP ranks can help
     "hang": "hang",               # no step within the deadline (hang clock) or a framework timeout
     "port_in_use": "crash",       # address already in use (a leftover holds the port: clean up, retry)
     "crash": "crash",             # a traceback / non-zero exit

@@ -34,7 +34,11 @@ class EmbeddedTrainer:
 
     name = "embedded"
     knobs: Sequence[Knob] = KNOBS
-    signatures: Sequence[Signature] = ()        # the supervisor's generic PyTorch/OOM signatures apply
+    # One rank's "device" (cluster.cpu_device_memory_mib, a memory cgroup per rank) ran out: a device OOM, which
+    # more tensor-parallel ranks split, not a host OOM. Otherwise the generic PyTorch/OOM signatures apply.
+    signatures: Sequence[Signature] = (
+        Signature("device_oom", r"grpo-ops: rank \d+ \(pid \d+\) was killed by SIGKILL: Memory cgroup out of memory"),
+    )
 
     def __init__(self, python: str | None = None, device: str | None = None):
         self.python = python or sys.executable
