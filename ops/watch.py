@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ops.classify import GENERIC_SIGNATURES, PHASES
+from ops.prefilter import LineScanner
 from training.spec import Signature
 
 ATTEMPT_MARK = "### grpo-ops attempt "
@@ -185,14 +186,14 @@ class EvidenceBuffer:
         self._n = 0
         patterns = [s.pattern for s in (*signatures, *GENERIC_SIGNATURES)]
         patterns.append(r"Traceback \(most recent call last\)")
-        self._rx = re.compile("|".join(_scoped(p) for p in patterns))   # one pass per line
+        self._scanner = LineScanner(patterns)
 
     def add(self, line: str) -> None:
         self.add_many([line])
 
     def add_many(self, lines: list[str]) -> list[str]:
         """Take a batch of lines; returns the ones matching a signature. One regex pass over the whole batch."""
-        idx = matching_lines(lines, self._rx)
+        idx = self._scanner.lines(lines)
         hits = [lines[i] for i in idx]
         self.flagged.extend((self._n + 1 + i, lines[i]) for i in idx)
         self._n += len(lines)
@@ -203,12 +204,6 @@ class EvidenceBuffer:
         start = self._n - len(self.tail) + 1
         early = [ln for n, ln in self.flagged if n < start]
         return tuple(early) + tuple(self.tail)
-
-
-def _scoped(pattern: str) -> str:
-    """A pattern fit for an alternation: a leading global flag group like (?i) becomes a scoped (?i:...)."""
-    m = re.match(r"^\(\?([aiLmsux]+)\)", pattern)
-    return f"(?{m.group(1)}:{pattern[m.end():]})" if m else f"(?:{pattern})"
 
 
 @dataclass
