@@ -22,7 +22,8 @@ def test_a_few_steps_print_nemo_rl_lines_and_write_metrics_and_checkpoints(tmp_p
                  "Max number of steps has been reached, stopping training early"):
         assert line in out, line
     assert steps(out) == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    m = re.search(r"^grpo-ops: memory model: static_mib=([\d.]+) per_sample_mib=([\d.]+) device=cpu tp=1$", out, re.M)
+    m = re.search(r"^grpo-ops: memory model: static_mib=([\d.]+) per_sample_mib=([\d.]+) device=cpu tp=1 "
+                  r"base_mib=\d+$", out, re.M)
     assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0
     rewards, accs = floats(out, "Avg Reward"), floats(out, "Accuracy")
     assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)

@@ -1,7 +1,10 @@
 """Memory model and peak-memory readings of one rank ("device"). Reads rusage / CUDA stats only.
 
-The start-up line `grpo-ops: memory model: static_mib=S per_sample_mib=A device=D tp=N` lets a
-supervisor plan around OOMs: peak ~= static + max(train_micro_batch_size, logprob_batch_size/3) * A.
+The start-up line `grpo-ops: memory model: static_mib=S per_sample_mib=A device=D tp=N base_mib=B` lets a
+supervisor plan around OOMs: peak ~= B + S + train_micro_batch_size * A.
+- base: memory the device already had in use before the model existed: CPU, this process's RSS
+  (the torch runtime, ~300-400 MiB); CUDA, total - free right after CUDA init (the context, plus any
+  other process on the GPU). Measured, not estimated.
 - static: parameters + gradients + AdamW moments of this rank (fp32: 4+4+8 bytes a parameter),
   plus a frozen reference copy (4 bytes) when the KL penalty is on. Falls as ~1/tp.
 - per sample: activations kept for backward for one training sample of `max_total_sequence_length`
@@ -36,12 +39,21 @@ def per_sample_mib(shape: ModelShape, seq_len: int, act_ckpt: bool, bytes_per: i
     return total * bytes_per / MIB
 
 
+def base_mib(device: torch.device) -> float:
+    """Memory in use on the device before the model is built (see the module docstring)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return (total - free) / MIB
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / MIB
+
+
 def model_line(shape: ModelShape, seq_len: int, act_ckpt: bool, kl: bool, device: torch.device,
                bf16: bool) -> str:
     dev = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
     act = per_sample_mib(shape, seq_len, act_ckpt, 2 if bf16 else 4)
     return (f"grpo-ops: memory model: static_mib={static_mib(shape, kl):.1f} per_sample_mib={act:.2f} "
-            f"device={dev} tp={shape.tp}")
+            f"device={dev} tp={shape.tp} base_mib={base_mib(device):.0f}")
 
 
 def peak_mib(device: torch.device) -> float:
