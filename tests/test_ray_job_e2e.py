@@ -149,3 +149,29 @@ def test_ops_clean_stops_an_orphaned_job_of_a_dead_supervisor_only(ray_two_nodes
         if sup.poll() is None:
             sup.kill()
         client.stop_job(foreign)
+
+
+def test_oom_killed_rank_in_a_ray_job_is_relaunched_with_a_new_plan(ray_two_nodes, tmp_path):
+    """The job's exit (137) and its log (the launcher's cgroup OOM line) are the same evidence as locally: the
+    supervisor classifies an OOM and submits the next attempt as a new job with the remedied plan."""
+    from ops.cgroup import CgroupUnavailable, detect
+    from ray.job_submission import JobSubmissionClient
+    try:
+        detect()
+    except CgroupUnavailable:
+        pytest.skip("needs a memory cgroup")
+    if os.geteuid() != 0:
+        pytest.skip("needs root for rank memory cgroups")
+    p = ops(tmp_path, "run", "--ray-address", ray_two_nodes.address, *FAST, "--exp", "ray/oom", "--max-attempts",
+            "2", "--", "++grpo.max_num_steps=2", "++grpo.val_at_start=false", "++cluster.cpu_device_memory_mib=700",
+            "++fault.alloc_mib=60", "++fault.every_launch=true")
+    recs = read_journal(tmp_path / "results" / "ray" / "oom" / "ops" / "journal.jsonl")
+    end = kind(recs, "attempt_end")[0]
+    assert end["exit"]["code"] == 137 and end["failure"]["kind"] in ("device_oom", "host_oom"), end
+    assert "Memory cgroup out of memory" in " ".join(end["failure"]["evidence_lines"])
+    dec = kind(recs, "decision")[0]
+    assert dec["action"] == "relaunch" and dec["plan_diff"], dec
+    (key, (old, new)), = dec["plan_diff"].items()
+    jobs = jobs_of(JobSubmissionClient(ray_two_nodes.address), "ray/oom")
+    assert [j.metadata["grpo_ops_attempt"] for j in jobs] == ["1", "2"]
+    assert f"++{key}={new}" in jobs[1].entrypoint and f"++{key}={new}" not in jobs[0].entrypoint
