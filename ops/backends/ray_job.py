@@ -4,7 +4,8 @@ the cluster's dashboard, the run's log file, /proc for processes of the job that
 
 - The entrypoint is the shell-quoted argv only (`cd <cwd> && exec <argv>`); the environment travels in
   `runtime_env.env_vars`, so no secret is ever part of a command line. (Ray keeps a job's runtime_env in its
-  job table: anyone who can reach the dashboard can read it, as with any Ray job.)
+  job table: anyone who can reach the dashboard can read it, as with any Ray job. Ray also expands `$VAR` /
+  `${VAR}` inside env_vars values on the node.)
 - submission_id `grpo-ops-<run>-a<attempt>-<nonce>` names the run and attempt; metadata
   `{grpo_ops_run_id, grpo_ops_attempt}` marks ownership. Clean-up stops only jobs whose metadata names this
   run; every other live job is reported, never stopped.
