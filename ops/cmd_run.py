@@ -364,9 +364,22 @@ def clean_command(exp, results, dry_run):
                         f"`ops status {exp}`)")
     from ops.backends.local import LocalBackend
     lines = _clean_ray_jobs(paths, exp, dry_run)       # first: Ray stops its own jobs' process trees
+    lines += _clean_containers(paths, exp, dry_run)
     lines += LocalBackend(run_dir=paths.root.absolute()).cleanup(exp, dry_run=dry_run)
     click.echo("\n".join(lines) if lines else f"{exp}: nothing left to clean")
     return 0
+
+
+def _clean_containers(paths: RunPaths, exp: str, dry_run: bool) -> list[str]:
+    """A run made with --docker: remove its containers (found by their labels)."""
+    start = next((r for r in read_journal(paths.journal) if r["kind"] == "run_start"), {})
+    image = (start.get("cli") or {}).get("docker")
+    if not image:
+        return []
+    try:
+        return _backend(image, None, None, paths.root.absolute()).cleanup(exp, dry_run=dry_run)
+    except UserError as err:
+        return [f"could not clean containers: {err}"]
 
 
 def _clean_ray_jobs(paths: RunPaths, exp: str, dry_run: bool) -> list[str]:
