@@ -57,7 +57,8 @@ def probe(mb: int, extra: list[str], out: Path) -> bool:
     argv = [sys.executable, "-m", "training.grpo", f"--config={EmbeddedTrainer().default_config()}",
             f"--device={SETUP['device']}", *SETUP["model"], *extra, "++grpo.max_num_steps=1", f"++{MB_KEY}={mb}",
             f"++checkpointing.checkpoint_dir={ckpt}", f"++logger.log_dir={ckpt}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPO_OPS_RUN_ID": f"probe-{mb}", "GRPO_OPS_ATTEMPT": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "GRPO_OPS_RUN_ID": f"probe-{mb}", "GRPO_OPS_ATTEMPT": "1"}
     h = LocalBackend(SETUP["limit_mib"], run_dir=ckpt).spawn(Launch(tuple(argv), env, ROOT), out / f"probe_{mb}.log")
     while (ex := h.poll()) is None:
         time.sleep(0.2)
