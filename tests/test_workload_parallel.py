@@ -73,14 +73,17 @@ def test_too_large_plan_is_oom_killed_in_the_rank_memory_cgroup(tmp_path):
 
 
 @pytest.mark.slow
-def test_peak_memory_grows_with_micro_batch_and_falls_with_tp(tmp_path):
+def test_peak_memory_grows_with_micro_batch_and_falls_with_tp_and_act_ckpt(tmp_path):
     big = ("policy.model.hidden_size=128", "policy.model.num_heads=8", "policy.max_total_sequence_length=192",
            "grpo.num_prompts_per_step=8", "grpo.num_generations_per_prompt=8", "policy.logprob_batch_size=8",
            "grpo.max_num_steps=1", "checkpointing.enabled=false", "grpo.val_period=0")
     peaks = {}
     for name, extra in (("mbs8", ("policy.train_micro_batch_size=8",)),
                         ("mbs64", ("policy.train_micro_batch_size=64",)),
-                        ("mbs64_tp2", ("policy.train_micro_batch_size=64", "policy.dtensor_cfg.tensor_parallel_size=2"))):
+                        ("mbs64_tp2", ("policy.train_micro_batch_size=64", "policy.dtensor_cfg.tensor_parallel_size=2")),
+                        ("deep", ("policy.train_micro_batch_size=32", "policy.model.num_layers=6")),
+                        ("deep_ckpt", ("policy.train_micro_batch_size=32", "policy.model.num_layers=6",
+                                       "policy.dtensor_cfg.activation_checkpointing=true"))):
         d = tmp_path / name
         d.mkdir()
         p = run(d, *big, *extra)
@@ -89,6 +92,7 @@ def test_peak_memory_grows_with_micro_batch_and_falls_with_tp(tmp_path):
         assert float(_memory_model(p.stdout)["per_sample_mib"]) > 1.0
     assert peaks["mbs64"] > peaks["mbs8"] + 150, peaks
     assert peaks["mbs64_tp2"] < peaks["mbs64"] - 100, peaks
+    assert peaks["deep_ckpt"] < peaks["deep"] - 120, peaks
 
 
 def test_hang_under_tp2_blocks_in_a_collective_until_killed(tmp_path):
