@@ -30,16 +30,21 @@ def static_mib(shape: ModelShape, kl: bool) -> float:
 
 
 def per_sample_mib(shape: ModelShape, seq_len: int, act_ckpt: bool, bytes_per: int = 4) -> float:
+    """Activation MiB per training sample. `bytes_per` 2 = bf16 autocast: linear activations in 2 bytes, but
+    attention probabilities stay fp32 (the fp32 causal bias promotes the scores; softmax runs in fp32)
+    plus a bf16 copy for the value matmul: 6 bytes per score instead of 8."""
     d, f, h, tp, L = shape.hidden_size, shape.ffn_size, shape.num_heads, shape.tp, seq_len
-    layer = 5 * L * d + 4 * L * d / tp + 2 * (h / tp) * L * L + 2 * L * f / tp
-    logits = 3 * L * shape.vocab_size
+    linear = (5 * L * d + 4 * L * d / tp + 2 * L * f / tp) * bytes_per
+    attention = (h / tp) * L * L * (8 if bytes_per >= 4 else 6)
+    layer = linear + attention
+    logits = 3 * L * shape.vocab_size * 4
     if act_ckpt:
         # Each layer's input is kept; backward recomputes one layer and its gradient temporaries (scores,
         # softmax grads) come on top: ~3.5 layers' worth, measured on CPU (6 layers, L=192: 12.5 MiB/sample).
-        total = shape.num_layers * L * d + 3.5 * layer + logits
+        total = shape.num_layers * L * d * bytes_per + 3.5 * layer + logits
     else:
         total = shape.num_layers * layer + logits
-    return total * bytes_per / MIB
+    return total / MIB
 
 
 def base_mib(device: torch.device) -> float:
