@@ -38,7 +38,7 @@ def probe(config: Path, m: int, extra: list[str], timeout_s: float) -> dict:
                 f"++logger.log_dir={tmp}/logs"]
         t0 = time.monotonic()
         try:
-            p = subprocess.run(argv, cwd=tmp, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+            p = subprocess.run(argv, cwd=tmp, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))), capture_output=True,
                                text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"m": m, "fits": None, "why": "timeout", "wall_s": round(time.monotonic() - t0, 1)}

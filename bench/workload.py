@@ -27,7 +27,7 @@ def run_once(device: str, steps: int | None, overrides: list[str]) -> dict:
                 f"++checkpointing.checkpoint_dir={tmp}/ckpt", f"++logger.log_dir={tmp}/logs"]
         if steps:
             argv.insert(4, f"grpo.max_num_steps={steps}")
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), PYTHONUNBUFFERED="1")
         load0, t0 = os.getloadavg(), time.monotonic()
         proc = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True)
         wall = time.monotonic() - t0
