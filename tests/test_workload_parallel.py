@@ -80,7 +80,8 @@ def test_peak_memory_grows_with_micro_batch_and_falls_with_tp_and_act_ckpt(tmp_p
     peaks = {}
     for name, extra in (("mbs8", ("policy.train_micro_batch_size=8",)),
                         ("mbs64", ("policy.train_micro_batch_size=64",)),
-                        ("mbs64_tp2", ("policy.train_micro_batch_size=64", "policy.dtensor_cfg.tensor_parallel_size=2")),
+                        ("mbs64_tp2", ("policy.train_micro_batch_size=64",
+                                       "policy.dtensor_cfg.tensor_parallel_size=2")),
                         ("deep", ("policy.train_micro_batch_size=32", "policy.model.num_layers=6")),
                         ("deep_ckpt", ("policy.train_micro_batch_size=32", "policy.model.num_layers=6",
                                        "policy.dtensor_cfg.activation_checkpointing=true"))):
