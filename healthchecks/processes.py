@@ -63,18 +63,27 @@ def live_drivers(target: RayTarget | None, table: Mapping[int, ProcInfo]) -> lis
 RUN_PROCESS = "grpo_ops_run"     # an unclassified process carrying the GRPO_OPS_RUN_ID marker
 
 
+def run_key(p: ProcInfo) -> str | None:
+    """Which run a marked process belongs to: its absolute run dir when it carries one (names repeat across
+    results trees), else its run id."""
+    return p.run_dir or p.run_id
+
+
 def dead_runs(table: Mapping[int, ProcInfo], results_dir: Path, uid: int) -> set[str]:
-    """Run ids (from this user's processes' GRPO_OPS_RUN_ID markers) whose supervisor is gone: its
-    results/<run>/ops/heartbeat.json names a pid that no longer runs. No heartbeat: unknown, not dead."""
+    """Runs (by `run_key`) of this user's marked processes whose supervisor is gone: the run's
+    ops/heartbeat.json (under GRPO_OPS_RUN_DIR, else results/<run id>) names a pid that no longer runs.
+    No heartbeat: unknown, not dead."""
     dead = set()
-    for run_id in {p.run_id for p in table.values() if p.run_id and p.uid == uid}:
+    marked = {run_key(p): p for p in table.values() if p.run_id and p.uid == uid}
+    for key, p in marked.items():
+        root = Path(p.run_dir) if p.run_dir else Path(results_dir) / p.run_id
         try:
-            beat = json.loads((Path(results_dir) / run_id / "ops" / "heartbeat.json").read_text())
+            beat = json.loads((root / "ops" / "heartbeat.json").read_text())
             pid = int(beat["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if pid not in table:
-            dead.add(run_id)
+            dead.add(key)
     return dead
 
 
@@ -85,14 +94,14 @@ def assess(table: Mapping[int, ProcInfo], target: RayTarget | None, uid: int, sk
     members = set(target.members) if target else set()
     findings = []
     for p in table.values():
-        kind = p.kind or (RUN_PROCESS if p.run_id and p.run_id in dead else None)
+        kind = p.kind or (RUN_PROCESS if p.run_id and run_key(p) in dead else None)
         if kind is None or p.pid in skip:
             continue
         mine = p.uid == uid
         orphan = ray_local.orphaned(table, p)
         if not mine:
             leftover, why = False, f"user {p.user}: reported only"
-        elif p.run_id and p.run_id in dead:
+        elif p.run_id and run_key(p) in dead:
             leftover, why = True, f"grpo-ops run {p.run_id} has no live supervisor"
         elif orphan:
             leftover, why = True, "orphaned (its Ray cluster or parent is gone)"

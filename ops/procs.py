@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import psutil
 
 RUN_ID_VAR = "GRPO_OPS_RUN_ID"
+RUN_DIR_VAR = "GRPO_OPS_RUN_DIR"   # the run's absolute results/<exp>: names repeat across results trees
 ATTEMPT_VAR = "GRPO_OPS_ATTEMPT"
 
 VLLM_WORKER = "vllm_worker"
@@ -50,6 +51,7 @@ class ProcInfo:
     run_id: str | None = None       # GRPO_OPS_RUN_ID from /proc/PID/environ (None: absent or unreadable)
     attempt: str | None = None      # GRPO_OPS_ATTEMPT likewise
     pgid: int | None = None
+    run_dir: str | None = None      # GRPO_OPS_RUN_DIR likewise
 
     @property
     def cmd(self) -> str:
@@ -109,20 +111,20 @@ def _python_program(args: list[str]) -> str | None:
     return None
 
 
-def _read_marker(pid: int) -> tuple[str | None, str | None]:
-    """(run_id, attempt) from /proc/PID/environ; (None, None) when absent or unreadable."""
+def _read_marker(pid: int) -> tuple[str | None, str | None, str | None]:
+    """(run_id, attempt, run_dir) from /proc/PID/environ; Nones when absent or unreadable."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             raw = f.read()
     except OSError:
-        return None, None
+        return None, None, None
     found: dict[str, str] = {}
     for item in raw.split(b"\0"):
-        for var in (RUN_ID_VAR, ATTEMPT_VAR):
+        for var in (RUN_ID_VAR, ATTEMPT_VAR, RUN_DIR_VAR):
             prefix = var.encode() + b"="
             if item.startswith(prefix):
                 found[var] = item[len(prefix):].decode(errors="replace")
-    return found.get(RUN_ID_VAR), found.get(ATTEMPT_VAR)
+    return found.get(RUN_ID_VAR), found.get(ATTEMPT_VAR), found.get(RUN_DIR_VAR)
 
 
 def snapshot(with_markers: bool = True) -> dict[int, ProcInfo]:
@@ -133,7 +135,7 @@ def snapshot(with_markers: bool = True) -> dict[int, ProcInfo]:
         if info.get("create_time") is None:  # vanished mid-read
             continue
         uid = info["uids"].real if info.get("uids") else -1
-        run_id, attempt = _read_marker(info["pid"]) if with_markers else (None, None)
+        run_id, attempt, run_dir = _read_marker(info["pid"]) if with_markers else (None, None, None)
         try:
             pgid = os.getpgid(info["pid"])
         except OSError:
@@ -141,7 +143,7 @@ def snapshot(with_markers: bool = True) -> dict[int, ProcInfo]:
         table[info["pid"]] = ProcInfo(
             pid=info["pid"], ppid=info.get("ppid") or 0, uid=uid, user=info.get("username") or str(uid),
             create_time=info["create_time"], cmdline=tuple(info.get("cmdline") or ()),
-            run_id=run_id, attempt=attempt, pgid=pgid)
+            run_id=run_id, attempt=attempt, pgid=pgid, run_dir=run_dir)
     return table
 
 

@@ -251,3 +251,28 @@ def test_fix_stops_processes_of_a_run_whose_supervisor_died(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_same_run_name_in_two_results_trees_is_judged_by_run_dir(tmp_path):
+    """Experiment names repeat across results trees: a live run must not be called a leftover because another
+    tree's run of the same name lost its supervisor."""
+    import json as _json
+    import os as _os
+
+    from healthchecks.processes import assess, dead_runs
+    from ops.procs import ProcInfo
+
+    live_dir, dead_dir = tmp_path / "a" / "exp", tmp_path / "b" / "exp"
+    for d, pid in ((live_dir, _os.getpid()), (dead_dir, 2 ** 22 + 7)):
+        (d / "ops").mkdir(parents=True)
+        (d / "ops" / "heartbeat.json").write_text(_json.dumps({"pid": pid}))
+    uid = _os.getuid()
+    me = ProcInfo(_os.getpid(), 1, uid, "me", 0.0, ("python",))
+    live = ProcInfo(101, _os.getpid(), uid, "me", 0.0, ("python", "-m", "training.grpo"), run_id="exp",
+                    run_dir=str(live_dir))
+    dead = ProcInfo(102, 1, uid, "me", 0.0, ("python", "-m", "training.grpo"), run_id="exp", run_dir=str(dead_dir))
+    table = {p.pid: p for p in (me, live, dead)}
+    gone = dead_runs(table, tmp_path / "unused", uid)
+    assert gone == {str(dead_dir)}
+    leftovers = {f.proc.pid for f in assess(table, None, uid, set(), (), gone) if f.leftover}
+    assert leftovers == {102}
