@@ -24,7 +24,7 @@ from ops.state import FAMILY_TERMINAL, State
 from training.spec import Knob, Plan, override_key
 
 MARGIN = 0.06            # aim this fraction below the capacity: allocator slack, fragmentation, noise
-_ALL_PHASES = {None, "startup", "preparing", "checkpoint", "validation", "rewards", "advantages"}
+_ALL_PHASES = {None, "startup", "preparing", "checkpoint", "rewards", "advantages"}
 
 
 @dataclass(frozen=True)
@@ -218,22 +218,29 @@ def ladder(knobs: Sequence[Knob]) -> list[str]:
 _GENERATION_KINDS = ("vllm_oom", "gpu_busy")     # vLLM's memory, whatever stage line came last
 
 
+def _phases_to_try(f: Failure) -> list[str | None]:
+    """Validation is generation (vLLM's, in NeMo RL): try the generation knobs first, then any knob."""
+    if f.kind in _GENERATION_KINDS:
+        return ["generation"]
+    return ["generation", None] if f.phase == "validation" else [f.phase]
+
+
 def _change_something(f: Failure, plan: Plan, ctx: PlanContext, why: str) -> Decision:
-    phase = "generation" if f.kind in _GENERATION_KINDS else f.phase
-    for knob in ctx.knobs:
-        fn = REMEDIES.get(knob.kind)
-        if fn is None or not _applies(knob, phase):
-            continue
-        proposal = fn(knob, f, ctx)
-        if proposal is None:
-            continue
-        items, how = proposal
-        if ctx.violations(cfg_with(ctx.cfg, items)):
-            continue
-        new_plan = plan.with_overrides(items)
-        diff = {k: (cfg_get(ctx.cfg, k), v) for k, v in items.items()}
-        note = " (the experiment itself changes)" if knob.changes_experiment else ""
-        return Relaunch(new_plan, f"{why}: {how}{note}", knob.kind, diff, knob.changes_experiment)
+    for phase in _phases_to_try(f):
+        for knob in ctx.knobs:
+            fn = REMEDIES.get(knob.kind)
+            if fn is None or not _applies(knob, phase):
+                continue
+            proposal = fn(knob, f, ctx)
+            if proposal is None:
+                continue
+            items, how = proposal
+            if ctx.violations(cfg_with(ctx.cfg, items)):
+                continue
+            new_plan = plan.with_overrides(items)
+            diff = {k: (cfg_get(ctx.cfg, k), v) for k, v in items.items()}
+            note = " (the experiment itself changes)" if knob.changes_experiment else ""
+            return Relaunch(new_plan, f"{why}: {how}{note}", knob.kind, diff, knob.changes_experiment)
     return GiveUp(f"{why}, and no remedy is left that the trainer's constraints allow", FAMILY_TERMINAL[f.family])
 
 

@@ -205,3 +205,17 @@ def test_host_oom_never_raises_tp():
     cfg = {**CFG, "gpus": 4}
     f = Failure("host_oom", "killed", False, "training", {"limit_mib": 1000.0})
     assert decide(f, c=ctx(cfg)).remedy == "micro_batch"
+
+
+def test_cuda_oom_during_validation_goes_to_generation_knobs_first():
+    """In NeMo RL validation is vLLM generation: an OOM there lowers vLLM's share, not TP."""
+    f = oom("validation", tried_mib=4 * GIB, total_mib=80 * GIB, free_mib=1 * GIB, process_mib=79 * GIB)
+    d = decide(f)
+    assert d.remedy == "gen_mem"
+
+
+def test_validation_oom_without_generation_knobs_falls_back_to_any_knob():
+    f = oom("validation", tried_mib=4 * GIB, total_mib=80 * GIB, free_mib=1 * GIB, process_mib=79 * GIB)
+    knobs = tuple(k for k in KNOBS if "generation" not in k.phases)
+    d = decide(f, c=PlanContext(knobs, CFG, violations, None))
+    assert d.remedy is not None and d.remedy != "gen_mem"
