@@ -341,6 +341,9 @@ class Supervisor:
     def _make_launch(self) -> Launch:
         base = {**self.opts.base_env, **self.extra_env}
         launch = self.spec.launch(self.plan, self.paths, base, first=self.attempt == 1)
+        # Environment remedies the spec marks one-shot (e.g. rebuild NeMo RL's venvs) apply to this launch only.
+        for key in getattr(self.spec, "one_shot_env", ()):
+            self.extra_env.pop(key, None)
         env = {**launch.env, "GRPO_OPS_RUN_ID": self.run_id, "GRPO_OPS_ATTEMPT": str(self.attempt),
                "GRPO_OPS_RUN_DIR": str(self.paths.root.absolute())}
         return replace(launch, env=env, labels={**launch.labels, "exp": self.run_id, "attempt": str(self.attempt)})

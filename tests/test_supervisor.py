@@ -125,3 +125,24 @@ def test_cgroup_oom_relaunched_smaller(tmp_path):
     old, new = dec["plan_diff"]["micro_batch"]
     assert old == 8 and new in (1, 2, 4)
     assert not list(Path("/sys/fs/cgroup/memory/grpo-ops").glob(f"*{tmp_path.name}*/attempt-*"))
+
+
+class _OneShotEnvTrainer(FixtureTrainer):
+    """A spec whose environment remedy after a crash is one-shot (like NeMo RL's venv rebuild)."""
+    one_shot_env = ("GRPO_OPS_TEST_ONCE",)
+
+    def environment_remedy(self, failure, plan, env):
+        return {"GRPO_OPS_TEST_ONCE": "1"} if failure.kind == "crash" else {}
+
+
+def test_one_shot_environment_remedy_applies_to_the_next_launch_only(tmp_path):
+    cfg = tmp_path / "fixture.yaml"
+    cfg.write_text("steps: 4\n")
+    paths = RunPaths(tmp_path / "results" / "exp1")
+    sup = Supervisor(_OneShotEnvTrainer(cfg), LocalBackend(None, paths.root.absolute()), paths,
+                     Plan(cfg, ("crash_at=3",)), MaxAttempts(4), run_id=f"test-{tmp_path.name}",
+                     options=SupervisorOptions(**FAST))
+    out = sup.run()
+    assert out.state is State.SUCCEEDED and out.attempts == 2
+    assert records(paths, "decision")[0]["env_diff"] == {"GRPO_OPS_TEST_ONCE": [None, "1"]}
+    assert "GRPO_OPS_TEST_ONCE" not in sup.extra_env

@@ -121,6 +121,8 @@ class NemoRLTrainer:
     clock: Callable[[], float] = time.time
     gpu_reader: Any = None                      # healthchecks.gpu_seam.GpuReader; None -> default_reader(env)
     name: str = "nemo-rl"
+    # A venv rebuild is asked for one launch (after a broken venv), then NeMo RL's default (false) again.
+    one_shot_env: tuple[str, ...] = ("NRL_FORCE_REBUILD_VENVS",)
     signatures: tuple[Signature, ...] = SIGNATURES
     _arch_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
