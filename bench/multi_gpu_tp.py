@@ -177,7 +177,8 @@ class DeviceSampler:
 
 # ------------------------------------------------------------------ the two stages (I/O)
 def _env(sc: Scenario) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(NCCL_ENV if sc.device == "cuda" else {})}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)   # keep a --target site
+    env = {**os.environ, "PYTHONPATH": path, **(NCCL_ENV if sc.device == "cuda" else {})}
     for k in ("GRPO_OPS_ENABLE_FAULTS", "WANDB_API_KEY"):   # no fault injection here; no W&B from a bench
         env.pop(k, None)
     return env

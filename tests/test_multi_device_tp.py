@@ -72,6 +72,21 @@ def test_host_oom_of_the_same_attempt_shrinks_the_micro_batch_instead():
     assert f.kind == "host_oom" and isinstance(d, Relaunch) and d.remedy == "micro_batch"
 
 
+def _finish_then_abort_at_exit(rank, world, backend):
+    import atexit
+    atexit.register(os.abort)      # a teardown abort at exit, as a joinable c10d/gloo thread causes (SIGABRT)
+
+
+def _raise_in_rank(rank, world, backend):
+    raise RuntimeError(f"rank {rank} failed")
+
+
+def test_a_finished_rank_is_not_failed_by_exit_time_teardown():
+    from training.grpo.parallel import run_ranks
+    assert run_ranks(_finish_then_abort_at_exit, 2, "gloo", (), None) == 0
+    assert run_ranks(_raise_in_rank, 2, "gloo", (), None) == 1
+
+
 def _cgroup_writable() -> bool:
     from training.grpo.parallel import own_memory_cgroup
     found = own_memory_cgroup()
