@@ -21,7 +21,7 @@ from typing import Any
 
 from ops.classify import Failure
 from ops.state import FAMILY_TERMINAL, State
-from training.spec import Knob, Plan, override_key
+from training.spec import Knob, Plan, cfg_get, override_key
 
 MARGIN = 0.06            # aim this fraction below the capacity: allocator slack, fragmentation, noise
 _ALL_PHASES = {None, "startup", "preparing", "checkpoint", "rewards", "advantages"}
@@ -64,15 +64,6 @@ Decision = Relaunch | GiveUp
 
 
 # ---------------------------------------------------------------- config helpers (pure)
-def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def cfg_with(cfg: Mapping[str, Any], items: Mapping[str, Any]) -> dict:
     """A deep copy of `cfg` with the dotted `items` set."""
     out = copy.deepcopy(dict(cfg))

@@ -13,14 +13,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from training.spec import cfg_get
 
-def get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
+
+get = cfg_get   # dotted lookup in the resolved config
 
 
 def _int(value: Any, default: int) -> int:

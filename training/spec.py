@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """The value at dotted `key` in a plain nested mapping (a resolved config); `default` when absent."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def override_key(item: str) -> str:
     """`++a.b=1` -> `a.b`; `a.b=1` -> `a.b`; `~a.b` -> `a.b`."""
     return item.split("=", 1)[0].lstrip("+~")

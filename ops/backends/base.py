@@ -30,6 +30,18 @@ class MemorySample:
     extra: dict = field(default_factory=dict)
 
 
+def tree_rss_mib(pids: list[int]) -> float:
+    """Resident memory of these processes, in MiB; a process that is gone counts 0. Reads /proc via psutil."""
+    import psutil
+    rss = 0
+    for pid in pids:
+        try:
+            rss += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return rss / 2**20
+
+
 class Handle(Protocol):
     def poll(self) -> Exit | None:
         """Non-blocking: the Exit once the trainer has ended, else None."""

@@ -24,7 +24,7 @@ import psutil
 import structlog
 
 from ops.backends import docker_args as da
-from ops.backends.base import Exit, MemorySample
+from ops.backends.base import Exit, MemorySample, tree_rss_mib
 from ops.cgroup import V1_ROOT, V2_ROOT, MemoryCgroup
 from ops.errors import UserError
 from training.spec import Launch
@@ -135,14 +135,8 @@ class DockerHandle:
             return []
 
     def memory(self) -> MemorySample | None:
-        rss = 0.0
-        for pid in self.pids():
-            try:
-                rss += psutil.Process(pid).memory_info().rss
-            except psutil.Error:
-                continue
         cg = self._cgroup
-        return MemorySample(rss_mib=rss / 2**20, cgroup_usage_mib=cg.usage_mib() if cg else None,
+        return MemorySample(rss_mib=tree_rss_mib(self.pids()), cgroup_usage_mib=cg.usage_mib() if cg else None,
                             cgroup_limit_mib=cg.limit_mib() if cg else None,
                             cgroup_oom_kills=cg.oom_kills() if cg else None, extra={"container": self.name})
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from ops import procs
-from ops.backends.base import Exit, MemorySample
+from ops.backends.base import Exit, MemorySample, tree_rss_mib
 from ops.cgroup import CgroupUnavailable, MemoryCgroup, stale_cgroups, wait_empty
 from ops.errors import UserError
 from training.spec import Launch
@@ -61,14 +61,8 @@ class LocalHandle:
         return [p for p in out if psutil.pid_exists(p)]
 
     def memory(self) -> MemorySample | None:
-        rss = 0.0
-        for pid in self.pids():
-            try:
-                rss += psutil.Process(pid).memory_info().rss
-            except psutil.Error:
-                continue
         cg = self.cgroup
-        return MemorySample(rss_mib=rss / 2**20,
+        return MemorySample(rss_mib=tree_rss_mib(self.pids()),
                             cgroup_usage_mib=cg.usage_mib() if cg else None,
                             cgroup_limit_mib=cg.limit_mib() if cg else None,
                             cgroup_oom_kills=self._oom_delta() if cg else None)
