@@ -92,8 +92,9 @@ def cuda_scenario(gpus: int, probe: dict, target: float = 1.3) -> Scenario:
     return Scenario("cuda", gpus, tuple(shape), 256, probe["seq"], 2, 4, None, cap, note)
 
 
-def cuda_probe(hidden=1024, heads=32, ffn=4096, seq=2048, mb=8) -> dict:
-    """Peak CUDA memory of one training micro step (forward, backward, AdamW) at 1 and 2 layers (GPU 0)."""
+def cuda_probe(hidden=512, heads=32, ffn=2048, seq=2048, mb=8) -> dict:
+    """Peak CUDA memory of one training micro step (forward, backward, AdamW) at 1 and 2 layers (GPU 0).
+    Many narrow heads: the L^2 attention scores (split by TP) dominate; parameters stay small (fast saves)."""
     import torch
     from training.grpo.memory import per_sample_mib
     from training.grpo.model import ModelShape, Policy
