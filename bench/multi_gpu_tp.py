@@ -9,7 +9,7 @@ The scenario, for any number of devices:
 Devices: CUDA with >= 2 GPUs (NCCL, one rank per GPU; the model is sized from the smallest GPU's memory by a
 probe on GPU 0) or, without GPUs, gloo ranks on CPU, each rank standing for one device with its own memory
 cgroup of `cluster.cpu_device_memory_mib` MiB. Per-device memory is sampled while it runs (NVML through the GPU
-seam; the rank cgroups' memory.max_usage_in_bytes on CPU). Figures: retries, TP chosen, global batch, per-device
+seam; the rank cgroups' max usage on CPU: v1 memory.max_usage_in_bytes, v2 memory.peak). Figures: retries, TP chosen, global batch, per-device
 peak memory before and after, time to recover; and `ops preflight --json`'s per-GPU checks.
 
     PYTHONPATH=. .venv/bin/python bench/multi_gpu_tp.py [--device auto|cpu|cuda] [--work DIR] [--json-out F]
@@ -161,11 +161,9 @@ class DeviceSampler:
         out = []
         for path in glob.glob(str(self.parent / "grpo-ops-*-rank*")) if self.parent else ():
             m = re.search(r"grpo-ops-(\d+)-rank(\d+)$", path)
-            try:
-                used = int(Path(path, "memory.max_usage_in_bytes").read_text()) / 2**20
-            except (OSError, ValueError):
-                continue
-            out.append((now, int(m.group(1)), f"rank {m.group(2)}", used))
+            used = _first_number(Path(path), ("memory.max_usage_in_bytes", "memory.peak", "memory.current"))
+            if used is not None:
+                out.append((now, int(m.group(1)), f"rank {m.group(2)}", used / 2**20))
         return out
 
     def peaks(self, key: int | None = None, t0: float = 0.0, t1: float = float("inf")) -> dict[str, float]:
@@ -174,6 +172,16 @@ class DeviceSampler:
             if (key is None or k == key) and t0 <= t <= t1:
                 out[dev] = round(max(out.get(dev, 0.0), mib), 1)
         return dict(sorted(out.items()))
+
+
+def _first_number(cgroup: Path, names: tuple[str, ...]) -> int | None:
+    """The first of these cgroup files that exists (v1 max usage, v2 peak, v2 current)."""
+    for name in names:
+        try:
+            return int((cgroup / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 # ------------------------------------------------------------------ the two stages (I/O)

@@ -87,15 +87,19 @@ def test_a_finished_rank_is_not_failed_by_exit_time_teardown():
     assert run_ranks(_raise_in_rank, 2, "gloo", (), None) == 1
 
 
-def _cgroup_writable() -> bool:
-    from training.grpo.parallel import own_memory_cgroup
-    found = own_memory_cgroup()
-    return os.geteuid() == 0 and found is not None and os.access(found[0], os.W_OK)
+def _rank_cgroups_work() -> bool:
+    """The workload can make a limited child memory cgroup here (root, v1 or a delegating v2 hierarchy)."""
+    from training.grpo.parallel import make_rank_cgroup, remove_cgroup
+    try:
+        remove_cgroup(make_rank_cgroup(99, 64))
+        return True
+    except OSError:
+        return False
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-@pytest.mark.skipif(not _cgroup_writable(), reason="needs root and a writable memory cgroup (per-rank limits)")
+@pytest.mark.skipif(not _rank_cgroups_work(), reason="needs root and a writable memory cgroup (per-rank limits)")
 def test_cpu_tp1_device_oom_recovers_at_tp2_from_the_checkpoint(tmp_path):
     out_json = tmp_path / "figures.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPO_OPS_ENABLE_FAULTS": ""}
@@ -128,5 +132,5 @@ def test_cpu_tp1_device_oom_recovers_at_tp2_from_the_checkpoint(tmp_path):
     assert fig["global_batch"]["before"] == fig["global_batch"]["after"]
     assert fig["tp"] == {"before": 1, "after": 2} and fig["retries"] == 1
     after = fig["device_peak_mib"]["after"]
-    assert len(after) == 2 and all(0 < v < fig["device_limit_mib"] for v in after.values())
+    assert len(after) == 2 and all(0 < v <= fig["device_limit_mib"] for v in after.values())
     assert fig["oom"]["limit_mib"] == fig["device_limit_mib"] and fig["time_to_recover_s"] > 0
