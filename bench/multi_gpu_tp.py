@@ -13,6 +13,7 @@ seam; the rank cgroups' max usage on CPU: v1 memory.max_usage_in_bytes, v2 memor
 peak memory before and after, time to recover; and `ops preflight --json`'s per-GPU checks.
 
     PYTHONPATH=. .venv/bin/python bench/multi_gpu_tp.py [--device auto|cpu|cuda] [--work DIR] [--json-out F]
+    PYTHONPATH=. python bench/multi_gpu_tp.py --probe      # one GPU: the calibration and the sizing it implies
 """
 
 from __future__ import annotations
@@ -358,10 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="working directory (default: a new temp dir, kept)")
     ap.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--skip-preflight", action="store_true", help="do not run and show `ops preflight --json`")
-    ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--probe", action="store_true", help="CUDA: only measure GPU 0 and print the sizing (JSON)")
     args = ap.parse_args(argv)
-    if args.probe:
-        print(json.dumps(cuda_probe()))
+    if args.probe:                       # also useful alone on one GPU: checks the sizing for 2 cards like it
+        probe = cuda_probe()
+        print(f"sizing for 2 GPUs like GPU 0: {cuda_scenario(2, probe).note}", file=sys.stderr)
+        print(json.dumps(probe))
         return 0
     sc = scenario_for(args.device)
     work = (args.work or Path(tempfile.mkdtemp(prefix="tp-proof-"))).resolve()
