@@ -9,8 +9,9 @@ The scenario, for any number of devices:
 Devices: CUDA with >= 2 GPUs (NCCL, one rank per GPU; the model is sized from the smallest GPU's memory by a
 probe on GPU 0) or, without GPUs, gloo ranks on CPU, each rank standing for one device with its own memory
 cgroup of `cluster.cpu_device_memory_mib` MiB. Per-device memory is sampled while it runs (NVML through the GPU
-seam; the rank cgroups' max usage on CPU: v1 memory.max_usage_in_bytes, v2 memory.peak). Figures: retries, TP chosen, global batch, per-device
-peak memory before and after, time to recover; and `ops preflight --json`'s per-GPU checks.
+seam; on CPU the rank cgroups' max usage: v1 memory.max_usage_in_bytes, v2 memory.peak). Figures: retries, TP
+chosen, global batch, per-device peak memory before and after, time to recover; `ops preflight --json`'s
+per-GPU checks.
 
     PYTHONPATH=. .venv/bin/python bench/multi_gpu_tp.py [--device auto|cpu|cuda] [--work DIR] [--json-out F]
     PYTHONPATH=. python bench/multi_gpu_tp.py --probe      # one GPU: the calibration and the sizing it implies
