@@ -210,7 +210,7 @@ def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, opti
             gpus = _gpu_count()   # 0 on a CPU machine: no check may demand a GPU; TP may not exceed the GPUs
         options = replace(options, gpus=gpus if options.gpus is None else options.gpus)
         preflight = None if skip_preflight else _preflight_runner(spec.name, plan, results, gpus)
-        listeners = _listeners(paths, cli)
+        listeners = _listeners(paths, {**cli, "trainer_logs_wandb": _trainer_logs_wandb(spec, plan)})
         saved = {**cli, "notify": cli["notify"] if str(cli.get("notify") or "").startswith("env:") else None}
         sup = Supervisor(spec, backend, paths, plan, budget, run_id=exp, options=options, preflight=preflight,
                          resume=resume, argv=[redact(a) for a in sys.argv[1:]], gpu_reader=_gpu_reader(),
@@ -260,6 +260,15 @@ def _gpu_count() -> int:
         return len(reader.snapshot().gpus)
     except Exception:
         return 0
+
+
+def _trainer_logs_wandb(spec, plan) -> bool:
+    """Whether the trainer's effective config logs to W&B (logger.wandb_enabled); False when unreadable."""
+    from training.spec import cfg_get
+    try:
+        return bool(cfg_get(spec.resolve(plan), "logger.wandb_enabled", False))
+    except Exception:
+        return False
 
 
 def _listeners(paths: RunPaths, cli: dict) -> list:

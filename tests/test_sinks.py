@@ -238,3 +238,16 @@ def test_wandb_project_from_the_plans_config_file():
     cfg = Path(__file__).resolve().parents[1] / "training" / "configs" / "grpo_workplace_tiny.yaml"
     assert project_from_plan({"config_path": str(cfg), "overrides": []}) == ("grpo-ops", "grpo-workplace-tiny")
     assert project_from_plan({"config_path": str(cfg), "overrides": ["++logger.wandb.name=x"]})[1] == "x"
+
+
+def test_wandb_follows_the_trainers_own_wandb_setting():
+    from ops.cmd_run import _trainer_logs_wandb
+    from training.embedded import EmbeddedTrainer
+    from training.spec import Plan
+
+    assert wants_wandb(None, {}, trainer_logs_wandb=True) is True
+    assert wants_wandb(False, {}, trainer_logs_wandb=True) is False
+    spec = EmbeddedTrainer()
+    plan = Plan(spec.default_config())
+    assert _trainer_logs_wandb(spec, plan) is False
+    assert _trainer_logs_wandb(spec, plan.with_overrides({"logger.wandb_enabled": True})) is True

@@ -24,12 +24,14 @@ def _opt(options: Any, name: str, default: Any = None) -> Any:
     return getattr(options, name, default)
 
 
-def wants_wandb(flag: bool | None, env: Mapping[str, str] | None = None) -> bool:
-    """--wandb / --no-wandb; unset means on only when W&B was configured (WANDB_API_KEY or WANDB_MODE)."""
+def wants_wandb(flag: bool | None, env: Mapping[str, str] | None = None, trainer_logs_wandb: bool = False) -> bool:
+    """--wandb / --no-wandb; unset means on when W&B was configured (WANDB_API_KEY or WANDB_MODE) or the
+    trainer's own config logs to W&B (logger.wandb_enabled): the supervisor's events go where its metrics go
+    (offline without a key)."""
     env = os.environ if env is None else env
     if flag is not None:
         return bool(flag)
-    return bool(env.get("WANDB_API_KEY") or env.get("WANDB_MODE"))
+    return bool(env.get("WANDB_API_KEY") or env.get("WANDB_MODE") or trainer_logs_wandb)
 
 
 def build_listeners(options: Any, paths: RunPaths) -> list[BackgroundSink]:
@@ -43,7 +45,7 @@ def build_listeners(options: Any, paths: RunPaths) -> list[BackgroundSink]:
         from ops.sinks.prometheus import PrometheusExporter
         listeners.append(BackgroundSink(PrometheusExporter(
             port=port, textfile=Path(textfile) if textfile else None, addr=_opt(options, "metrics_addr") or "0.0.0.0")))
-    if wants_wandb(_opt(options, "wandb")):
+    if wants_wandb(_opt(options, "wandb"), trainer_logs_wandb=bool(_opt(options, "trainer_logs_wandb"))):
         from ops.sinks.wandb_sink import WandbEvents
         listeners.append(BackgroundSink(WandbEvents(paths)))
     return listeners
