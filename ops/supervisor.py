@@ -143,7 +143,12 @@ class Supervisor:
         try:
             self._handle = self.backend.spawn(launch, self.paths.output_log)
         except UserError as err:
-            self._to(State.FAILED_CONFIG, f"cannot start the trainer: {err}")
+            # At the first launch this is the user's input (no image, bad address); at a relaunch the backend
+            # went away under a run that had been starting fine (e.g. a lost Ray head): not a config error.
+            if self.attempt == 1:
+                self._to(State.FAILED_CONFIG, f"cannot start the trainer: {err}")
+            else:
+                self._to(State.FAILED_CRASH, f"cannot relaunch the trainer (attempt {self.attempt}): {err}")
             return
         self._last_mem = None
         self.watch = AttemptWatch(clock=HangClock(self.opts.hang_factor, self.opts.hang_floor_s,

@@ -146,3 +146,29 @@ def test_one_shot_environment_remedy_applies_to_the_next_launch_only(tmp_path):
     assert out.state is State.SUCCEEDED and out.attempts == 2
     assert records(paths, "decision")[0]["env_diff"] == {"GRPO_OPS_TEST_ONCE": [None, "1"]}
     assert "GRPO_OPS_TEST_ONCE" not in sup.extra_env
+
+
+class _BackendGoneOnRelaunch(LocalBackend):
+    """A real local backend whose second spawn fails as a backend that went away would (e.g. a lost Ray head)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.spawns = 0
+
+    def spawn(self, launch, log_path):
+        self.spawns += 1
+        if self.spawns > 1:
+            from ops.errors import UserError
+            raise UserError("cannot reach the Ray dashboard at http://127.0.0.1:1")
+        return super().spawn(launch, log_path)
+
+
+def test_backend_gone_at_relaunch_is_a_crash_not_a_config_error(tmp_path):
+    cfg = tmp_path / "fixture.yaml"
+    cfg.write_text("steps: 4\n")
+    paths = RunPaths(tmp_path / "results" / "exp1")
+    sup = Supervisor(FixtureTrainer(cfg), _BackendGoneOnRelaunch(None, paths.root.absolute()), paths,
+                     Plan(cfg, ("crash_at=3",)), MaxAttempts(4), run_id=f"test-{tmp_path.name}",
+                     options=SupervisorOptions(**FAST))
+    out = sup.run()
+    assert out.state is State.FAILED_CRASH and "cannot relaunch the trainer (attempt 2)" in out.reason
