@@ -29,7 +29,8 @@ _PARAM = {"docker": "docker_image"}     # cli key -> click parameter name, where
 EXIT_HELP = "Exit codes: 0 the run SUCCEEDED (or --dry-run/--detach), 1 it ended failed or cancelled, 2 usage error."
 
 
-def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int | None, run_dir: Path):
+def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int | None, run_dir: Path,
+             grace_s: float = 10.0):
     """The backend by flag; Docker and Ray backends are imported only when asked for."""
     if docker and ray_address:
         raise UserError("--docker and --ray-address exclude each other; pick one backend")
@@ -45,7 +46,7 @@ def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int 
             from ops.backends.ray_job import RayJobBackend
         except ImportError as err:
             raise UserError(f"--ray-address needs ops.backends.ray_job, which is not available ({err})") from None
-        return RayJobBackend(address=ray_address)
+        return RayJobBackend(address=ray_address, stop_wait_s=grace_s)   # Ray's own SIGTERM -> SIGKILL grace
     from ops.backends.local import LocalBackend
     return LocalBackend(memory_limit_mib=memory_limit_mib, run_dir=run_dir)
 
@@ -201,7 +202,8 @@ def run_command(config, trainer, repo, exp, results, resume_exp, detach, dry_run
 
 
 def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, options, results) -> int:
-    backend = _backend(cli.get("docker"), cli.get("ray_address"), cli.get("memory_limit_mib"), paths.root.absolute())
+    backend = _backend(cli.get("docker"), cli.get("ray_address"), cli.get("memory_limit_mib"), paths.root.absolute(),
+                       cli.get("grace_s", 10.0))
     paths.ops_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(paths, exp):
         _events_log(paths.ops_dir / "events.log")
