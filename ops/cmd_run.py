@@ -206,6 +206,8 @@ def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, opti
                        cli.get("grace_s", 10.0))
     paths.ops_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(paths, exp):
+        click.echo(f"{exp}: supervising in {paths.root}; follow with `ops status --watch {exp}` or "
+                   f"`ops logs -f {exp}`", err=True)
         _events_log(paths.ops_dir / "events.log")
         gpus = cli.get("gpus")
         if gpus is None and spec.name == "embedded":
