@@ -21,11 +21,13 @@ from training.spec import Plan, RunPaths  # noqa: E402
 FAST = dict(poll_s=0.05, sample_s=0.2, grace_s=2.0, hang_factor=3.0, hang_floor_s=1.5, startup_timeout_s=20.0)
 
 
-def make(tmp_path, overrides=(), budget=None, memory_limit_mib=None, listeners=(), **opts):
+def make(tmp_path, overrides=(), budget=None, memory_limit_mib=None, listeners=(), spec_cls=None, backend_cls=None,
+         **opts):
     cfg = tmp_path / "fixture.yaml"
     cfg.write_text("steps: 4\n")
     paths = RunPaths(tmp_path / "results" / "exp1")
-    sup = Supervisor(FixtureTrainer(cfg), LocalBackend(memory_limit_mib, paths.root.absolute()), paths, Plan(cfg, tuple(overrides)),
+    spec, backend = (spec_cls or FixtureTrainer)(cfg), (backend_cls or LocalBackend)(memory_limit_mib, paths.root.absolute())
+    sup = Supervisor(spec, backend, paths, Plan(cfg, tuple(overrides)),
                      budget or MaxAttempts(4), run_id=f"test-{tmp_path.name}", listeners=listeners,
                      options=SupervisorOptions(**{**FAST, **opts}))
     return sup, paths
@@ -136,12 +138,7 @@ class _OneShotEnvTrainer(FixtureTrainer):
 
 
 def test_one_shot_environment_remedy_applies_to_the_next_launch_only(tmp_path):
-    cfg = tmp_path / "fixture.yaml"
-    cfg.write_text("steps: 4\n")
-    paths = RunPaths(tmp_path / "results" / "exp1")
-    sup = Supervisor(_OneShotEnvTrainer(cfg), LocalBackend(None, paths.root.absolute()), paths,
-                     Plan(cfg, ("crash_at=3",)), MaxAttempts(4), run_id=f"test-{tmp_path.name}",
-                     options=SupervisorOptions(**FAST))
+    sup, paths = make(tmp_path, ["crash_at=3"], spec_cls=_OneShotEnvTrainer)
     out = sup.run()
     assert out.state is State.SUCCEEDED and out.attempts == 2
     assert records(paths, "decision")[0]["env_diff"] == {"GRPO_OPS_TEST_ONCE": [None, "1"]}
@@ -164,11 +161,6 @@ class _BackendGoneOnRelaunch(LocalBackend):
 
 
 def test_backend_gone_at_relaunch_is_a_crash_not_a_config_error(tmp_path):
-    cfg = tmp_path / "fixture.yaml"
-    cfg.write_text("steps: 4\n")
-    paths = RunPaths(tmp_path / "results" / "exp1")
-    sup = Supervisor(FixtureTrainer(cfg), _BackendGoneOnRelaunch(None, paths.root.absolute()), paths,
-                     Plan(cfg, ("crash_at=3",)), MaxAttempts(4), run_id=f"test-{tmp_path.name}",
-                     options=SupervisorOptions(**FAST))
+    sup, _paths = make(tmp_path, ["crash_at=3"], backend_cls=_BackendGoneOnRelaunch)
     out = sup.run()
     assert out.state is State.FAILED_CRASH and "cannot relaunch the trainer (attempt 2)" in out.reason
