@@ -51,8 +51,11 @@ def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int 
     return LocalBackend(memory_limit_mib=memory_limit_mib, run_dir=run_dir)
 
 
-def _preflight_runner(spec_name: str, plan: Plan, results: Path, gpus: int | None):
-    """A callable running the preflight checks -> (ok, lines); None when preflight is not installed."""
+def _preflight_runner(spec, plan: Plan, paths: RunPaths, results: Path, gpus: int | None):
+    """A callable running the preflight checks -> (ok, lines); None when preflight is not installed.
+    The checks see the environment the trainer will be launched with (e.g. the TORCH_CUDA_ARCH_LIST that
+    the NeMo RL launch sets from the detected GPUs), not only this shell's."""
+    import dataclasses
     try:
         from healthchecks.base import Status
         from healthchecks.runner import run_preflight
@@ -60,7 +63,12 @@ def _preflight_runner(spec_name: str, plan: Plan, results: Path, gpus: int | Non
     except ImportError:
         return None
     config = str(plan.config_path) if plan.config_path.is_file() else None
-    ctx = build_context(gpus, False, str(results), config, plan.overrides if config else (), spec_name, None, None)
+    ctx = build_context(gpus, False, str(results), config, plan.overrides if config else (), spec.name, None, None)
+    try:
+        launch_env = spec.launch(plan, paths, dict(ctx.env), first=True).env
+        ctx = dataclasses.replace(ctx, env={**ctx.env, **launch_env})
+    except Exception:   # a bad plan is reported by the checks themselves (training_config)
+        pass
 
     def run() -> tuple[bool, list[str]]:
         checks = run_preflight(ctx)
@@ -213,7 +221,7 @@ def _supervise(spec, plan, paths, exp, budget, cli, resume, skip_preflight, opti
         if gpus is None and spec.name == "embedded":
             gpus = _gpu_count()   # 0 on a CPU machine: no check may demand a GPU; TP may not exceed the GPUs
         options = replace(options, gpus=gpus if options.gpus is None else options.gpus)
-        preflight = None if skip_preflight else _preflight_runner(spec.name, plan, results, gpus)
+        preflight = None if skip_preflight else _preflight_runner(spec, plan, paths, results, gpus)
         listeners = _listeners(paths, {**cli, "trainer_logs_wandb": _trainer_logs_wandb(spec, plan)})
         saved = {**cli, "notify": cli["notify"] if str(cli.get("notify") or "").startswith("env:") else None}
         sup = Supervisor(spec, backend, paths, plan, budget, run_id=exp, options=options, preflight=preflight,

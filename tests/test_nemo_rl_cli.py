@@ -99,3 +99,24 @@ def test_preflight_json_carries_the_plan_and_the_plus_plus_fix(site):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "Could not override 'policy.generation.vllm_cfg.tool_parser_plugin'" in bad.stdout
     assert "++policy.generation.vllm_cfg.tool_parser_plugin=/p.py" in bad.stdout
+
+
+def test_run_preflight_sees_the_arch_list_the_launch_sets(tmp_path, monkeypatch):
+    """`ops run --trainer nemo-rl` sets TORCH_CUDA_ARCH_LIST from the GPUs, so its preflight must not FAIL
+    cuda_arch because this shell lacks it."""
+    from healthchecks.fake_gpu import FakeGpuReader
+    from ops.cmd_run import _preflight_runner
+    from training.nemo_rl import NemoRLTrainer
+    from training.spec import Plan, RunPaths
+
+    monkeypatch.setenv("GRPO_OPS_FAKE_GPU", str(FakeGpuReader.healthy(1).dump(tmp_path / "gpu.json")))
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    repo = tmp_path / "RL"
+    (repo / "examples/nemo_gym").mkdir(parents=True)
+    cfg = repo / "examples/nemo_gym" / WORKPLACE.name
+    cfg.write_text(WORKPLACE.read_text())
+    run = _preflight_runner(NemoRLTrainer(repo=repo), Plan(cfg, ("cluster.gpus_per_node=1",
+                            "policy.megatron_cfg.tensor_model_parallel_size=1")),
+                            RunPaths(tmp_path / "results" / "e"), tmp_path / "results", 1)
+    ok, lines = run()
+    assert not [ln for ln in lines if ln.startswith("FAIL cuda_arch")], lines
