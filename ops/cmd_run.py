@@ -39,8 +39,7 @@ def _backend(docker: str | None, ray_address: str | None, memory_limit_mib: int 
             from ops.backends.docker import DockerBackend
         except ImportError as err:
             raise UserError(f"--docker needs ops.backends.docker, which is not available here ({err})") from None
-        return DockerBackend(image=docker, memory_limit_mib=memory_limit_mib) if memory_limit_mib \
-            else DockerBackend(image=docker)
+        return DockerBackend(image=docker, memory_limit_mib=memory_limit_mib, run_dir=run_dir)
     if ray_address:
         try:
             from ops.backends.ray_job import RayJobBackend

@@ -127,6 +127,21 @@ def test_cleanup_touches_only_its_own_containers(tmp_path, client, run_id):
         remove_labeled(client, TEST_LABEL, run_id)
 
 
+def test_cleanup_with_a_run_dir_leaves_the_same_name_in_another_results_tree(tmp_path, client, run_id):
+    """Experiment names repeat across results trees: cleanup of one tree's run never stops the other's."""
+    mine, theirs = tmp_path / "a", tmp_path / "b"
+    b_mine, b_theirs = backend(run_dir=mine), backend(run_dir=theirs)
+    try:
+        own = b_mine.spawn(launch(tmp_path, run_id, "sleep 300", GRPO_OPS_RUN_DIR=str(mine)), tmp_path / "o1.log")
+        other = b_theirs.spawn(launch(tmp_path, run_id, "sleep 300", GRPO_OPS_RUN_DIR=str(theirs)),
+                               tmp_path / "o2.log")
+        done = b_mine.cleanup(run_id)
+        assert done == [f"stopped and removed container {own.name} ({own.id[:12]}, running, attempt 1)"]
+        assert client.containers.get(other.id).status == "running"
+    finally:
+        remove_labeled(client, "grpo-ops.run", run_id)
+
+
 def test_bad_start_and_missing_image_are_one_line_user_errors(tmp_path, client, run_id):
     from ops.backends.docker import DockerBackend
     with pytest.raises(UserError, match="docker image 'grpo-ops-test/absent:none' not found; build it"):

@@ -3,7 +3,7 @@ container should be (--gpus, --ipc=host or a big --shm-size, memlock/stack ulimi
 working directory and HF cache mounted at their host paths, --memory as the attempt's limit). Does I/O
 (the Docker engine through the docker SDK, files, /proc and cgroup reads). What to ask for: docker_args.
 
-Ownership: containers carry the labels grpo-ops.run=<exp>, grpo-ops.attempt=N, grpo-ops.backend=docker
+Ownership: containers carry the labels grpo-ops.run=<exp>, grpo-ops.run_dir=<abs results dir>, grpo-ops.attempt=N, grpo-ops.backend=docker
 (and the GRPO_OPS_RUN_ID marker in their environment); `cleanup` stops and removes only containers with
 this run's labels, never any other. The environment travels in the create request's body, never on a
 command line. Output is copied from the engine's log stream into output.log by a thread, so the trainer
@@ -181,10 +181,12 @@ class DockerBackend:
                  network: str | None = None, ipc_host: bool = True, shm_size: str | None = None,
                  hf_cache: Path | None = None, volumes: Sequence[str] = (), env_passthrough: Sequence[str] = (),
                  user: str | None = None, keep_containers: bool = False, client=None,
-                 host_env: Mapping[str, str] | None = None, check_image: bool = True):
+                 host_env: Mapping[str, str] | None = None, check_image: bool = True,
+                 run_dir: Path | None = None):
         """Defaults for `gpus` and `network` come from GRPO_OPS_DOCKER_GPUS / GRPO_OPS_DOCKER_NETWORK, else
         "auto" / "host". Raises UserError when an option is bad, no engine answers, or the image is missing."""
         self.host_env = dict(os.environ if host_env is None else host_env)
+        self.run_dir = str(run_dir) if run_dir else None     # cleanup then matches this run's tree only
         try:
             self.opts = da.DockerOptions(
                 image=image, memory_limit_mib=memory_limit_mib,
@@ -249,7 +251,7 @@ class DockerBackend:
             ulimits.append(Ulimit(name="memlock", soft=-1, hard=-1))
         kwargs = dict(
             entrypoint=[argv[0]], command=argv[1:], environment=env, working_dir=str(launch.cwd),
-            labels=da.labels(run_id, attempt, o.labels), name=da.container_name(run_id, attempt, secrets.token_hex(3)),
+            labels=da.labels(run_id, attempt, o.labels, launch.env.get("GRPO_OPS_RUN_DIR")), name=da.container_name(run_id, attempt, secrets.token_hex(3)),
             volumes=vols, network_mode=o.network, init=True, detach=True, user=o.user, ulimits=ulimits,
             device_requests=[DeviceRequest(**req)] if req else None)
         if o.ipc_host:
@@ -277,11 +279,14 @@ class DockerBackend:
 
     def cleanup(self, run_id: str, dry_run: bool = False) -> list[str]:
         """Stop and remove this run's containers (by its labels); others are never touched."""
-        filters = {"label": [f"{da.LABEL_RUN}={run_id}", f"{da.LABEL_BACKEND}=docker"]}
+        filters = {"label": [f"{da.LABEL_RUN}={run_id}", f"{da.LABEL_BACKEND}=docker"]
+                   + ([f"{da.LABEL_RUN_DIR}={self.run_dir}"] if self.run_dir else [])}
         lines = []
         for c in self.client.containers.list(all=True, filters=filters):
             labels = c.labels or {}
             if labels.get(da.LABEL_RUN) != run_id:      # belt and braces over the engine's filter
+                continue
+            if self.run_dir and labels.get(da.LABEL_RUN_DIR) != self.run_dir:
                 continue
             running = c.status in ("running", "restarting", "paused", "created")
             if self.opts.keep_containers and not running:

@@ -21,6 +21,7 @@ from ops.backends.base import Exit
 LABEL_RUN = "grpo-ops.run"
 LABEL_ATTEMPT = "grpo-ops.attempt"
 LABEL_BACKEND = "grpo-ops.backend"
+LABEL_RUN_DIR = "grpo-ops.run_dir"     # the run's absolute results/<exp>: experiment names repeat across trees
 
 # Host variables a training container wants even when grpo-ops did not set them.
 PASS_PREFIXES = ("GRPO_OPS_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "WANDB_", "NRL_", "NEMO_", "NCCL_",
@@ -135,8 +136,11 @@ def mounts(cwd: Path, run_dir: Path, argv: Sequence[str], hf_cache: Path, extra:
     return vols
 
 
-def labels(run_id: str, attempt: str, extra: Mapping[str, str]) -> dict[str, str]:
-    return {**extra, LABEL_RUN: run_id, LABEL_ATTEMPT: str(attempt), LABEL_BACKEND: "docker"}
+def labels(run_id: str, attempt: str, extra: Mapping[str, str], run_dir: str | None = None) -> dict[str, str]:
+    out = {**extra, LABEL_RUN: run_id, LABEL_ATTEMPT: str(attempt), LABEL_BACKEND: "docker"}
+    if run_dir:
+        out[LABEL_RUN_DIR] = run_dir
+    return out
 
 
 def container_name(run_id: str, attempt: str, suffix: str) -> str:
