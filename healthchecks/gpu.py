@@ -69,6 +69,18 @@ def _no_gpu(name: str, ctx: CheckContext, reason: str) -> CheckResult:
                        "run on a node where nvidia-smi works (in a container: docker run --gpus all)")
 
 
+def snapshot_or_verdict(name: str, ctx: CheckContext, need_gpus: bool = True
+                        ) -> tuple[GpuSnapshot | None, CheckResult | None]:
+    """The GPU snapshot to judge, or the check's verdict when there is nothing to judge: NVML unusable
+    (UNKNOWN, FAIL with --require-gpu) or, when `need_gpus`, no GPU visible (UNKNOWN)."""
+    snap, reason = read_gpus(ctx)
+    if snap is None:
+        return None, _no_gpu(name, ctx, reason)
+    if need_gpus and not snap.gpus:
+        return None, CheckResult(name, Status.UNKNOWN, "no GPU visible", "unset or fix CUDA_VISIBLE_DEVICES")
+    return snap, None
+
+
 def _cc(gpu: GpuInfo) -> str:
     return f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
 
@@ -95,9 +107,9 @@ def judge_gpu(snap: GpuSnapshot, required: int | None, require_gpu: bool, cvd: s
 
 @register("gpu")
 def check_gpu(ctx: CheckContext) -> CheckResult:
-    snap, reason = read_gpus(ctx)
-    if snap is None:
-        return _no_gpu("gpu", ctx, reason)
+    snap, verdict = snapshot_or_verdict("gpu", ctx, need_gpus=False)
+    if verdict:
+        return verdict
     return judge_gpu(snap, ctx.gpus_required, ctx.require_gpu, ctx.env.get("CUDA_VISIBLE_DEVICES"))
 
 
@@ -255,11 +267,9 @@ def torch_arch_flags(cache_dir: Path | None = None) -> tuple[list[str] | None, s
 
 @register("cuda_arch")
 def check_cuda_arch(ctx: CheckContext) -> CheckResult:
-    snap, reason = read_gpus(ctx)
-    if snap is None:
-        return _no_gpu("cuda_arch", ctx, reason)
-    if not snap.gpus:
-        return CheckResult("cuda_arch", Status.UNKNOWN, "no GPU visible", "unset or fix CUDA_VISIBLE_DEVICES")
+    snap, verdict = snapshot_or_verdict("cuda_arch", ctx)
+    if verdict:
+        return verdict
     flags, desc = torch_arch_flags()
     return judge_cuda_arch(snap.gpus, ctx.env.get("TORCH_CUDA_ARCH_LIST"), flags, desc,
                            torch_is_fatal=(ctx.trainer == "embedded"))
@@ -329,9 +339,9 @@ def vllm_fraction(ctx: CheckContext) -> float | None:
 
 @register("gpu_memory")
 def check_gpu_memory(ctx: CheckContext) -> CheckResult:
-    snap, reason = read_gpus(ctx)
-    if snap is None:
-        return _no_gpu("gpu_memory", ctx, reason)
+    snap, verdict = snapshot_or_verdict("gpu_memory", ctx, need_gpus=False)
+    if verdict:
+        return verdict
     pids = [p.pid for g in snap.gpus for p in g.processes]
     table = procs.snapshot(with_markers=False) if pids else {}
     mine = {pid for pid in pids if pid in table and table[pid].uid == ctx.uid}
@@ -403,9 +413,7 @@ def judge_gpu_health(gpus: Sequence[GpuInfo]) -> CheckResult:
 
 @register("gpu_health")
 def check_gpu_health(ctx: CheckContext) -> CheckResult:
-    snap, reason = read_gpus(ctx)
-    if snap is None:
-        return _no_gpu("gpu_health", ctx, reason)
-    if not snap.gpus:
-        return CheckResult("gpu_health", Status.UNKNOWN, "no GPU visible", "unset or fix CUDA_VISIBLE_DEVICES")
+    snap, verdict = snapshot_or_verdict("gpu_health", ctx)
+    if verdict:
+        return verdict
     return judge_gpu_health(snap.gpus)
