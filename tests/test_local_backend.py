@@ -4,13 +4,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
-import pytest
 
 from ops.backends.local import LocalBackend
-from ops.cgroup import CgroupUnavailable, detect
+from cgroup_support import needs_memory_cgroup
 from training.spec import Launch
 
 PY = sys.executable
@@ -85,15 +83,7 @@ def test_memory_sample_counts_tree(tmp_path):
         h.terminate(grace_s=2.0)
 
 
-def _cgroup_ok():
-    try:
-        detect()
-        return os.geteuid() == 0
-    except CgroupUnavailable:
-        return False
-
-
-@pytest.mark.skipif(not _cgroup_ok(), reason="needs root and a memory cgroup")
+@needs_memory_cgroup
 def test_memory_limit_kills_and_counts_oom(tmp_path):
     run_id = f"t-cg-{os.getpid()}"
     h = LocalBackend(memory_limit_mib=64).spawn(

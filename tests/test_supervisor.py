@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ops.backends.local import LocalBackend  # noqa: E402
 from ops.budget import MaxAttempts  # noqa: E402
-from ops.cgroup import CgroupUnavailable, detect  # noqa: E402
+from cgroup_support import needs_memory_cgroup  # noqa: E402
 from ops.journal import read_journal  # noqa: E402
 from ops.state import State  # noqa: E402
 from ops.supervisor import Supervisor, SupervisorOptions  # noqa: E402
@@ -106,15 +106,7 @@ def test_same_failure_twice_without_progress_gives_up(tmp_path):
     assert out.state is State.FAILED_CRASH and out.attempts == 2
 
 
-def _cgroup_ok():
-    try:
-        detect()
-        return os.geteuid() == 0
-    except CgroupUnavailable:
-        return False
-
-
-@pytest.mark.skipif(not _cgroup_ok(), reason="needs root and a memory cgroup")
+@needs_memory_cgroup
 def test_cgroup_oom_relaunched_smaller(tmp_path):
     # 8 x 20 MiB + ~30 MiB python > 150 MiB limit; the memory model line sizes the next plan.
     sup, paths = make(tmp_path, ["mib_per_sample=20", "global_batch=8"], memory_limit_mib=150)

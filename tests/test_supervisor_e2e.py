@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ops.cgroup import CgroupUnavailable, detect
+from cgroup_support import needs_memory_cgroup
 from ops.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,14 +54,6 @@ def marked(run_id):
     return out
 
 
-def _cgroup_ok():
-    try:
-        detect()
-        return os.geteuid() == 0
-    except CgroupUnavailable:
-        return False
-
-
 def test_no_arguments_runs_default_config_to_success(tmp_path):
     p = ops(tmp_path, "run", faults=False, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr[-2000:]
@@ -74,7 +66,7 @@ def test_no_arguments_runs_default_config_to_success(tmp_path):
     assert prog[-1]["step"] == prog[-1]["total_steps"] and prog[-1]["reward"] is not None
 
 
-@pytest.mark.skipif(not _cgroup_ok(), reason="needs root and a memory cgroup")
+@needs_memory_cgroup
 def test_cgroup_oom_kill_relaunched_smaller_and_finishes(tmp_path):
     p = ops(tmp_path, "run", *FAST, "--exp", "oom", "--memory-limit-mib", "700", "--",
             "++grpo.max_num_steps=2", "++grpo.val_at_start=false", "++fault.alloc_mib=30")
