@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from ops.backends.base import wait_exit  # noqa: E402
 from ops.backends.ray_job import RayJobBackend  # noqa: E402
 from training.spec import Launch  # noqa: E402
 
@@ -43,13 +44,10 @@ def _stamp(path: Path, key: str) -> float:
 
 
 def _wait(handle, timeout_s: float = 300.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = handle.poll()
-        if found is not None:
-            return found
-        time.sleep(0.01)
-    raise RuntimeError(f"job {handle.sid} did not end")
+    found = wait_exit(handle, timeout_s, poll_s=0.01)
+    if found is None:
+        raise RuntimeError(f"job {handle.sid} did not end")
+    return found
 
 
 def one_round(backend: RayJobBackend, tmp: Path, n: int) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from docker_support import TEST_LABEL, busybox_image, remove_labeled, require_engine
+from ops.backends.base import wait_exit as backend_wait_exit
 from ops.errors import UserError
 from training.spec import Launch
 
@@ -40,13 +41,9 @@ def launch(tmp_path, run_id, script, attempt=1, **env):
 
 
 def wait_exit(h, timeout_s=120):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        e = h.poll()
-        if e is not None:
-            return e
-        time.sleep(0.05)
-    raise AssertionError("container did not exit")
+    e = backend_wait_exit(h, timeout_s)
+    assert e is not None, "container did not exit"
+    return e
 
 
 def test_runs_streams_logs_reads_exit_and_sets_training_flags(tmp_path, client, run_id):

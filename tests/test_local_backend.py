@@ -7,6 +7,7 @@ import time
 
 import psutil
 
+from ops.backends.base import wait_exit as backend_wait_exit
 from ops.backends.local import LocalBackend
 from cgroup_support import needs_memory_cgroup
 from training.spec import Launch
@@ -20,13 +21,9 @@ def launch(code, tmp_path, run_id="t-run", attempt=1, extra_env=None):
 
 
 def wait_exit(handle, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ex = handle.poll()
-        if ex is not None:
-            return ex
-        time.sleep(0.05)
-    raise AssertionError("child did not exit")
+    ex = backend_wait_exit(handle, timeout)
+    assert ex is not None, "child did not exit"
+    return ex
 
 
 def wait_for(pred, timeout=20):

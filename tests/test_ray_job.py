@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.backends.base import wait_exit as backend_wait_exit
 from ops.backends.ray_job import META_RUN, RayJobBackend
 from training.spec import Launch
 
@@ -23,13 +24,9 @@ def launch_of(code: str, tmp_path: Path, run_id: str, attempt: int = 1, **env) -
 
 
 def wait_exit(handle, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = handle.poll()
-        if found is not None:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"job {handle.sid} did not end: {handle.status}")
+    found = backend_wait_exit(handle, timeout, poll_s=0.2)
+    assert found is not None, f"job {handle.sid} did not end: {handle.status}"
+    return found
 
 
 def wait_for(pred, timeout=90.0):

@@ -62,6 +62,20 @@ class Handle(Protocol):
         ...
 
 
+def wait_exit(handle: "Handle", timeout_s: float, poll_s: float = 0.05,
+              clock=None, sleep=None) -> Exit | None:
+    """Poll `handle` until the trainer has ended; its Exit, or None after `timeout_s`. Clock and sleep are
+    injectable (monotonic and time.sleep by default)."""
+    import time
+    clock, sleep = clock or time.monotonic, sleep or time.sleep
+    deadline = clock() + timeout_s
+    while True:
+        found = handle.poll()
+        if found is not None or clock() >= deadline:
+            return found
+        sleep(poll_s)
+
+
 class Backend(Protocol):
     name: str
 
