@@ -383,36 +383,24 @@ def clean_command(exp, results, dry_run):
         raise UserError(f"experiment {exp!r} has a live supervisor; stop it first (SIGTERM its pid, see "
                         f"`ops status {exp}`)")
     from ops.backends.local import LocalBackend
-    lines = _clean_ray_jobs(paths, exp, dry_run)       # first: Ray stops its own jobs' process trees
-    lines += _clean_containers(paths, exp, dry_run)
+    lines = _clean_run_backend(paths, exp, dry_run)    # first: Ray / Docker stop their own process trees
     lines += LocalBackend(run_dir=paths.root.absolute()).cleanup(exp, dry_run=dry_run)
     click.echo("\n".join(lines) if lines else f"{exp}: nothing left to clean")
     return 0
 
 
-def _clean_containers(paths: RunPaths, exp: str, dry_run: bool) -> list[str]:
-    """A run made with --docker: remove its containers (found by their labels)."""
+def _clean_run_backend(paths: RunPaths, exp: str, dry_run: bool) -> list[str]:
+    """A run made with --ray-address or --docker: clean through that backend (its jobs by metadata, its
+    containers by labels; others' untouched). [] for a local run: the local sweep follows anyway."""
     start = next((r for r in read_journal(paths.journal) if r["kind"] == "run_start"), {})
-    image = (start.get("cli") or {}).get("docker")
-    if not image:
+    cli = start.get("cli") or {}
+    if not (cli.get("ray_address") or cli.get("docker")):
         return []
     try:
-        return _backend(image, None, None, paths.root.absolute()).cleanup(exp, dry_run=dry_run)
+        return _backend(cli.get("docker"), cli.get("ray_address"), None, paths.root.absolute()) \
+            .cleanup(exp, dry_run=dry_run)
     except UserError as err:
-        return [f"could not clean containers: {err}"]
-
-
-def _clean_ray_jobs(paths: RunPaths, exp: str, dry_run: bool) -> list[str]:
-    """A run made with --ray-address: stop its jobs on that cluster (found by their metadata; others' untouched)."""
-    start = next((r for r in read_journal(paths.journal) if r["kind"] == "run_start"), {})
-    address = (start.get("cli") or {}).get("ray_address")
-    if not address:
-        return []
-    from ops.backends.ray_job import RayJobBackend
-    try:
-        return RayJobBackend(address=address).cleanup(exp, dry_run=dry_run)
-    except UserError as err:
-        return [f"could not clean Ray jobs: {err}"]
+        return [f"could not clean through the run's backend: {err}"]
 
 
 commands = (run_command, status_command, logs_command, diagnose_command, clean_command)
