@@ -266,3 +266,12 @@ def plan_diff(old: Plan, new: Plan) -> dict[str, tuple[Any, Any]]:
 
 __all__ = ["Decision", "Fit", "GiveUp", "PastAttempt", "PlanContext", "REMEDIES", "Relaunch", "cfg_get",
            "cfg_with", "estimate_fit", "ladder", "next_plan", "override_key", "plan_diff"]
+
+
+def prefer_environment_remedy(decision: Decision, f: Failure, plan: Plan,
+                              env_diff: Mapping[str, Any]) -> Decision:
+    """A give-up that a changed environment may still cure (the trainer spec's environment remedy; never for a
+    config error) becomes a relaunch of the same plan. Pure."""
+    if isinstance(decision, GiveUp) and env_diff and f.family != "config":
+        return Relaunch(plan, f"{f.kind}: changing the environment ({', '.join(env_diff)})", "env")
+    return decision

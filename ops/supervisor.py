@@ -25,7 +25,7 @@ from ops.errors import UserError
 from ops.journal import Journal, Listener
 from ops.records import (AttemptResult, RunOutcome, SupervisorOptions, attempt_env, checkpoint_step,
                          state_snapshot, trap_signals, write_heartbeat, write_state)
-from ops.remedies import GiveUp, PastAttempt, PlanContext, Relaunch, next_plan
+from ops.remedies import GiveUp, PastAttempt, PlanContext, next_plan, prefer_environment_remedy
 from ops.runs import ResumeInfo
 from ops.stacks import dump_stacks
 from ops.state import State, check_transition
@@ -187,8 +187,7 @@ class Supervisor:
         except UserError as err:
             decision = GiveUp(f"cannot plan a relaunch: {err}", State.FAILED_CONFIG)
         env_diff = self._environment_remedy(f)
-        if isinstance(decision, GiveUp) and env_diff and f.family != "config":
-            decision = Relaunch(self.plan, f"{f.kind}: changing the environment ({', '.join(env_diff)})", "env")
+        decision = prefer_environment_remedy(decision, f, self.plan, env_diff)
         if isinstance(decision, GiveUp):
             self.journal.append("decision", self.attempt, action="give_up", reason=decision.reason, remedy=None,
                                 new_plan=None, plan_diff={}, experiment_changed=False)

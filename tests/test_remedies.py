@@ -219,3 +219,14 @@ def test_validation_oom_without_generation_knobs_falls_back_to_any_knob():
     knobs = tuple(k for k in KNOBS if "generation" not in k.phases)
     d = decide(f, c=PlanContext(knobs, CFG, violations, None))
     assert d.remedy is not None and d.remedy != "gen_mem"
+
+
+def test_environment_remedy_turns_a_give_up_into_a_same_plan_relaunch():
+    from ops.remedies import prefer_environment_remedy
+    crash = Failure("venv_broken", "ModuleNotFoundError in a worker venv", False, None, {})
+    give_up = GiveUp("no remedy", State.FAILED_CRASH)
+    d = prefer_environment_remedy(give_up, crash, PLAN, {"NRL_FORCE_REBUILD_VENVS": (None, "true")})
+    assert isinstance(d, Relaunch) and d.plan == PLAN and d.remedy == "env"
+    assert prefer_environment_remedy(give_up, crash, PLAN, {}) is give_up
+    config = Failure("config", "Could not override 'x'", True, None, {})
+    assert prefer_environment_remedy(give_up, config, PLAN, {"X": (None, "1")}) is give_up
